@@ -1,0 +1,144 @@
+"""Loading a pretrained unconditional diffusion U-Net from a local folder (DESIGN §2).
+
+The U-Net knows nothing about timesteps spacing or samplers (STYLE lesson 1): a `Backbone`
+is the network, its training noise schedule ᾱ_t, and one method `eps(x, t)` that returns the
+ε-prediction whatever the model was trained to predict.
+
+Accepted folders (always read with `local_files_only=True`, nothing is downloaded):
+  - a diffusers pipeline folder: `model_index.json`, `unet/`, `scheduler/` (e.g. a local
+    snapshot of google/ddpm-celebahq-256, or the models this package trains);
+  - a bare `UNet2DModel` folder: `config.json` + weights, with `scheduler_config.json` beside
+    it or in a `scheduler/` sibling.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hifiedit.diffusion.schedule import alphas_cumprod_from_config
+from hifiedit.errors import HifieditError
+
+# Models this package trains and ships, by name (see src/hifiedit/assets/models/*/README.md).
+MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
+DEFAULT_BASE = "openmoji32-ddpm"
+_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+_PREDICTIONS = ("epsilon", "v_prediction", "sample")
+
+
+@dataclass
+class Backbone:
+    """A frozen pretrained U-Net with the schedule it was trained on."""
+
+    unet: torch.nn.Module
+    alphas_cumprod: torch.Tensor  # float64, length T
+    prediction_type: str
+    name: str
+    path: Path
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.alphas_cumprod)
+
+    @property
+    def sample_size(self) -> int:
+        return int(self.unet.config.sample_size)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    def eps(self, x: torch.Tensor, t: torch.Tensor, unet: torch.nn.Module | None = None):
+        """ε_θ(x_t, t). `unet` lets callers pass a modulated or edited copy of the network."""
+        out = (unet or self.unet)(x, t).sample
+        if out.shape[1] == 2 * x.shape[1]:
+            # Learned-variance models (e.g. guided diffusion) output [ε, v]; DDIM uses only ε.
+            out = out[:, : x.shape[1]]
+        if self.prediction_type == "epsilon":
+            return out
+        a = self.alphas_cumprod.to(x.device)[t].to(x.dtype).view(-1, 1, 1, 1)
+        if self.prediction_type == "v_prediction":  # v = √ᾱ ε − √(1−ᾱ) x0
+            return a.sqrt() * out + (1 - a).sqrt() * x
+        return (x - a.sqrt() * out) / (1 - a).sqrt()  # "sample": the model predicts x0
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    named = MODELS_DIR / str(name_or_path)
+    if str(name_or_path) == "default":
+        named = MODELS_DIR / DEFAULT_BASE
+    if named.exists():
+        return named
+    shipped = sorted(p.name for p in MODELS_DIR.iterdir()) if MODELS_DIR.is_dir() else []
+    raise HifieditError(
+        f"No model folder {str(name_or_path)!r}: it is neither an existing path nor a model "
+        f"shipped with hifiedit (shipped: {', '.join(shipped) or 'none'})."
+    )
+
+
+def _find_parts(path: Path) -> tuple[Path, Path]:
+    """(unet folder, scheduler config file) inside a pipeline or bare U-Net folder."""
+    if not path.is_dir():
+        raise HifieditError(f"{path} is not a folder; a diffusers model folder is expected.")
+    unet_dir = path / "unet" if (path / "unet").is_dir() else path
+    if not (unet_dir / "config.json").is_file():
+        raise HifieditError(
+            f"{path} is not a diffusers model folder: missing 'unet/config.json' "
+            "(pipeline layout) or 'config.json' (bare UNet2DModel folder)."
+        )
+    candidates = [
+        path / "scheduler" / "scheduler_config.json",
+        unet_dir / "scheduler_config.json",
+        path / "scheduler_config.json",
+    ]
+    scheduler = next((c for c in candidates if c.is_file()), None)
+    if scheduler is None:
+        raise HifieditError(
+            f"{path} has no noise schedule: missing 'scheduler/scheduler_config.json' "
+            "(or 'scheduler_config.json' beside the U-Net config)."
+        )
+    return unet_dir, scheduler
+
+
+def load_backbone(
+    name_or_path: str | Path = "default",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Backbone:
+    """Load a frozen `UNet2DModel` and its schedule from a local folder or a shipped name."""
+    from diffusers import UNet2DModel
+
+    path = resolve_model_path(name_or_path)
+    unet_dir, scheduler_file = _find_parts(path)
+    config = json.loads((unet_dir / "config.json").read_text())
+    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise HifieditError(
+            f"{unet_dir / 'config.json'} describes a {config['_class_name']}; hifiedit edits "
+            "unconditional UNet2DModel networks only."
+        )
+    if not any((unet_dir / w).is_file() for w in _WEIGHT_FILES):
+        raise HifieditError(f"{unet_dir} has a config but no weights ({' or '.join(_WEIGHT_FILES)}).")
+    scheduler = json.loads(scheduler_file.read_text())
+    prediction = scheduler.get("prediction_type", "epsilon")
+    if prediction not in _PREDICTIONS:
+        raise HifieditError(f"Unsupported prediction_type {prediction!r} in {scheduler_file}.")
+    out_ch, in_ch = config.get("out_channels", 3), config.get("in_channels", 3)
+    if out_ch not in (in_ch, 2 * in_ch):
+        raise HifieditError(f"U-Net has {in_ch} input but {out_ch} output channels; cannot read ε.")
+    try:
+        unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True, torch_dtype=dtype)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise HifieditError(f"Could not load the U-Net in {unet_dir}: {e}") from e
+    unet.to(device).eval().requires_grad_(False)
+    return Backbone(
+        unet=unet,
+        alphas_cumprod=alphas_cumprod_from_config(scheduler),
+        prediction_type=prediction,
+        name=path.name,
+        path=path,
+    )

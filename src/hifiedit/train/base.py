@@ -1,0 +1,373 @@
+"""Training the base diffusion model: ε-prediction DDPM, the CelebA-HQ DDPM's conventions.
+
+Linear β 1e-4…0.02, T = 1000, ε-MSE (optionally min-SNR-γ weighted: the target stays ε, only
+the per-timestep weight changes), AdamW, EMA, horizontal flips. Resuming from a checkpoint
+continues bit-for-bit like an uninterrupted run: every random draw comes from one generator
+whose state is saved with the weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hifiedit.errors import HifieditError
+from hifiedit.train.checkpoint import (
+    check_model_state,
+    load_checkpoint,
+    load_optimizer_state,
+    optimizer_state,
+    save_checkpoint,
+)
+from hifiedit.train.config import require
+
+# Fields that may differ when resuming: they change how long and how visibly we train, not what.
+RESUMABLE_OVERRIDES = {"max_steps", "log_every", "checkpoint_every", "sample_every", "eval_every",
+                       "threads", "n_samples", "sample_steps"}
+
+
+@dataclass(frozen=True)
+class BaseTrainConfig:
+    # Data: the OpenMoji train split at image_size² (val split for the held-out loss).
+    image_size: int = 32
+    flip: bool = True
+    # UNet2DModel. (48, 96, 96) with one layer per block is 2.5 M parameters: ~30 img/s on
+    # 2 CPU cores, the largest that leaves hours-not-days training (see the model card).
+    block_out_channels: tuple = (48, 96, 96)
+    layers_per_block: int = 1
+    attention_levels: tuple = (2,)  # attention at 8×8 only: it is the costly part on CPU
+    norm_num_groups: int = 16
+    attention_head_dim: int = 32
+    # Schedule (DDPM / CelebA-HQ conventions).
+    num_train_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    # Optimisation.
+    batch_size: int = 64
+    lr: float = 3e-4
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    min_snr_gamma: float = 5.0  # 0 disables; Hang et al. 2023 report ~3× faster convergence
+    ema_decay: float = 0.999  # short CPU runs: 0.9999 would average over too few updates
+    max_steps: int = 200_000
+    seed: int = 0
+    threads: int = 0  # 0 = PyTorch's default
+    # Monitoring.
+    log_every: int = 25
+    checkpoint_every: int = 250
+    eval_every: int = 500
+    sample_every: int = 1000
+    n_samples: int = 64
+    sample_steps: int = 50
+
+    def validate(self) -> None:
+        require(8 <= self.image_size <= 1024, f"image_size must be 8…1024, got {self.image_size}.")
+        require(len(self.block_out_channels) >= 2 and all(c > 0 for c in self.block_out_channels),
+                "block_out_channels needs at least two positive entries.")
+        require(all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
+                f"every block_out_channels entry must be divisible by norm_num_groups "
+                f"({self.norm_num_groups}).")
+        require(all(0 <= i < len(self.block_out_channels) for i in self.attention_levels),
+                "attention_levels must index block_out_channels.")
+        require(self.layers_per_block >= 1, "layers_per_block must be ≥ 1.")
+        require(self.num_train_timesteps >= 2, "num_train_timesteps must be ≥ 2.")
+        require(0 < self.beta_start < self.beta_end < 1, "need 0 < beta_start < beta_end < 1.")
+        require(self.batch_size >= 1, "batch_size must be ≥ 1.")
+        require(0 < self.lr < 1, f"lr must be in (0, 1), got {self.lr}.")
+        require(0 <= self.ema_decay < 1, "ema_decay must be in [0, 1).")
+        require(self.max_steps >= 1, "max_steps must be ≥ 1.")
+        require(self.min_snr_gamma >= 0, "min_snr_gamma must be ≥ 0.")
+        for k in ("log_every", "checkpoint_every", "eval_every", "sample_every", "sample_steps"):
+            require(getattr(self, k) >= 1, f"{k} must be ≥ 1.")
+        require(self.sample_steps < self.num_train_timesteps, "sample_steps must be < T.")
+
+
+def build_unet(config: BaseTrainConfig):
+    from diffusers import UNet2DModel
+
+    n = len(config.block_out_channels)
+    attn = set(config.attention_levels)
+    return UNet2DModel(
+        sample_size=config.image_size,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=config.layers_per_block,
+        block_out_channels=tuple(config.block_out_channels),
+        down_block_types=tuple("AttnDownBlock2D" if i in attn else "DownBlock2D" for i in range(n)),
+        up_block_types=tuple(
+            "AttnUpBlock2D" if i in attn else "UpBlock2D" for i in reversed(range(n))
+        ),
+        norm_num_groups=config.norm_num_groups,
+        attention_head_dim=config.attention_head_dim,
+    )
+
+
+def build_scheduler(config: BaseTrainConfig):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_start=config.beta_start,
+        beta_end=config.beta_end,
+        beta_schedule="linear",
+        prediction_type="epsilon",
+        clip_sample=False,
+    )
+
+
+def diffusion_loss(unet, x0, t, noise, alphas_cumprod, min_snr_gamma: float = 0.0):
+    """ε-MSE at q(x_t | x0); with γ > 0 each sample is weighted min(SNR_t, γ) / SNR_t."""
+    a = alphas_cumprod[t].to(x0.dtype).view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    per_sample = F.mse_loss(unet(x_t, t).sample, noise, reduction="none").mean(dim=(1, 2, 3))
+    if min_snr_gamma > 0:
+        snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+        per_sample = per_sample * (snr.clamp(max=min_snr_gamma) / snr).to(x0.dtype)
+    return per_sample.mean()
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    ema_p = [p for p in ema.parameters()]
+    model_p = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(ema_p, model_p, 1.0 - decay)
+
+
+@torch.no_grad()
+def heldout_loss(unet, images: torch.Tensor, alphas_cumprod: torch.Tensor, repeats: int = 4):
+    """Plain (unweighted) ε-MSE on fixed held-out images, noise and timesteps: comparable
+    across steps and runs."""
+    g = torch.Generator().manual_seed(1234)
+    total, count = 0.0, 0
+    for _ in range(repeats):
+        for batch in images.split(64):
+            t = torch.randint(0, len(alphas_cumprod), (len(batch),), generator=g)
+            noise = torch.randn(batch.shape, generator=g)
+            total += diffusion_loss(unet, batch, t, noise, alphas_cumprod).item() * len(batch)
+            count += len(batch)
+    return total / count
+
+
+@torch.no_grad()
+def sample_grid(unet, alphas_cumprod, config: BaseTrainConfig, path: Path) -> None:
+    """DDIM samples from pure noise (fixed seed) as a PNG grid."""
+    from hifiedit.diffusion.ddim import generate
+    from hifiedit.diffusion.schedule import ddim_timesteps
+    from hifiedit.eval.grids import save_grid
+
+    g = torch.Generator().manual_seed(0)
+    size = config.image_size
+    x_T = torch.randn((config.n_samples, 3, size, size), generator=g)
+    timesteps = ddim_timesteps(len(alphas_cumprod) - 1, config.sample_steps)
+    eps_fn = lambda x, t: unet(x, t).sample  # noqa: E731
+    samples = generate(eps_fn, x_T, timesteps, alphas_cumprod).final
+    save_grid(samples, path, nrow=int(math.sqrt(config.n_samples)), scale=2)
+
+
+def export_model(ema_unet, config: BaseTrainConfig, folder: Path) -> None:
+    """EMA weights as a diffusers pipeline folder (model_index.json, unet/, scheduler/)."""
+    import os
+    import shutil
+    import tempfile
+
+    from diffusers import DDPMPipeline
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; checkpoints are ordinary folders
+    try:
+        DDPMPipeline(unet=ema_unet, scheduler=build_scheduler(config)).save_pretrained(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise HifieditError(f"Could not export the model to {folder}: {e.strerror or e}.") from e
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT ask the loop to checkpoint and stop, instead of killing it mid-write."""
+
+    def __init__(self):
+        self.stop = False
+
+    def __enter__(self):
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def _handle(self, *_):
+        self.stop = True
+
+    def __exit__(self, *_):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _load_data(config: BaseTrainConfig):
+    from hifiedit.data.openmoji import load_openmoji
+
+    data = load_openmoji(config.image_size)
+    return data.tensor("train"), data.tensor("val")[:128]
+
+
+def train_base(
+    config: BaseTrainConfig,
+    out: Path,
+    resume: bool = False,
+    max_minutes: float | None = None,
+    train_images: torch.Tensor | None = None,
+    val_images: torch.Tensor | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict:
+    """Train (or resume) into `out`; returns a summary. `stop_after` stops at that step as if
+    interrupted (used by the resume test)."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    ckpt_dir = out / "checkpoint"
+    has_ckpt = (ckpt_dir / "state.json").is_file() or (out / "checkpoint.old").is_dir()
+    if has_ckpt and not resume:
+        raise HifieditError(f"{out} already holds a checkpoint: pass --resume to continue it, "
+                            "or choose another --out.")
+    if resume and not has_ckpt:
+        raise HifieditError(f"--resume given but {ckpt_dir} holds no checkpoint.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write_test").write_text("ok")
+        (out / ".write_test").unlink()
+    except OSError as e:
+        raise HifieditError(f"Cannot write to {out}: {e.strerror or e}.") from e
+
+    step, wall = 0, 0.0
+    saved = None
+    if resume:
+        saved, state = load_checkpoint(ckpt_dir)
+        old = state["config"]
+        changed = sorted(k for k, v in asdict(config).items()  # fields added later are skipped
+                         if k in old and k not in RESUMABLE_OVERRIDES and _norm(old[k]) != _norm(v))
+        if changed:
+            raise HifieditError(f"Cannot resume with a different config: {changed} changed "
+                                f"(only {sorted(RESUMABLE_OVERRIDES)} may).")
+        step, wall = state["step"], state["wall_seconds"]
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if train_images is None:
+        train_images, val_images = _load_data(config)
+    require(train_images.shape[-1] == config.image_size,
+            f"images are {train_images.shape[-1]} px but image_size is {config.image_size}.")
+
+    torch.manual_seed(config.seed)
+    unet = build_unet(config).train()
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+    alphas_cumprod = torch.cumprod(
+        1 - torch.linspace(config.beta_start, config.beta_end, config.num_train_timesteps,
+                           dtype=torch.float64), 0).float()
+    if saved is not None:
+        check_model_state(unet, saved["model"], "Checkpoint model")
+        check_model_state(ema, saved["ema"], "Checkpoint EMA")
+        load_optimizer_state(opt, saved["optimizer"], state["param_groups"])
+        gen.set_state(saved["rng"]["generator"])
+
+    log_path = out / "log.csv"
+    _trim_log(log_path, step)
+    n_params = sum(p.numel() for p in unet.parameters())
+    target = min(config.max_steps, stop_after or config.max_steps)
+    deadline = time.monotonic() + 60 * max_minutes if max_minutes else math.inf
+
+    def checkpoint():
+        nonlocal wall
+        tensors, groups = optimizer_state(opt)
+        save_checkpoint(
+            ckpt_dir,
+            {"model": unet.state_dict(), "ema": ema.state_dict(), "optimizer": tensors,
+             "rng": {"generator": gen.get_state()}},
+            {"step": step, "wall_seconds": wall, "config": asdict(config), "param_groups": groups,
+             "n_params": n_params, "images_seen": step * config.batch_size},
+        )
+        export_model(ema, config, out / "model")
+
+    bar = tqdm(total=target, initial=step, disable=not progress, desc="train base",
+               dynamic_ncols=True)
+    window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
+    stopped_early = False
+    with _StopFlag() as flag, open(log_path, "a", newline="") as log_file:
+        log = csv.writer(log_file)
+        if log_path.stat().st_size == 0:
+            log.writerow(["step", "loss", "lr", "img_per_s", "heldout_loss", "wall_s"])
+        while step < target:
+            t_start = time.perf_counter()
+            idx = torch.randint(0, len(train_images), (config.batch_size,), generator=gen)
+            x0 = train_images[idx]
+            if config.flip:
+                flip = torch.rand(config.batch_size, generator=gen) < 0.5
+                x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+            t = torch.randint(0, config.num_train_timesteps, (config.batch_size,), generator=gen)
+            noise = torch.randn(x0.shape, generator=gen)
+            lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss = diffusion_loss(unet, x0, t, noise, alphas_cumprod, config.min_snr_gamma)
+            if not torch.isfinite(loss):
+                raise HifieditError(f"Loss became {loss.item()} at step {step}; lower the lr.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
+            opt.step()
+            ema_update(ema, unet, min(config.ema_decay, (1 + step) / (10 + step)))
+            step += 1
+            wall += time.perf_counter() - t_start
+            window_loss += loss.item()
+            window_n += 1
+            bar.update(1)
+
+            heldout = ""
+            if val_images is not None and len(val_images) and step % config.eval_every == 0:
+                heldout = f"{heldout_loss(ema, val_images, alphas_cumprod):.5f}"
+            if step % config.log_every == 0 or heldout:
+                now = time.perf_counter()
+                ips = window_n * config.batch_size / max(now - window_t, 1e-9)
+                log.writerow([step, f"{window_loss / window_n:.5f}", f"{lr:.3g}", f"{ips:.1f}",
+                              heldout, f"{wall:.1f}"])
+                log_file.flush()
+                bar.set_postfix(loss=f"{window_loss / window_n:.4f}", img_s=f"{ips:.1f}")
+                window_loss, window_n, window_t = 0.0, 0, now
+            if step % config.checkpoint_every == 0:
+                checkpoint()
+            if step % config.sample_every == 0:
+                sample_grid(ema, alphas_cumprod, config, out / "samples" / f"step_{step:07d}.png")
+            if flag.stop or time.monotonic() > deadline:
+                stopped_early = step < target
+                break
+    bar.close()
+    if step % config.checkpoint_every != 0:
+        checkpoint()
+    return {"step": step, "wall_seconds": wall, "n_params": n_params,
+            "stopped_early": stopped_early, "out": str(out)}
+
+
+def _norm(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
+    if not path.is_file():
+        return
+    rows = list(csv.reader(path.open()))
+    keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step] if rows else []
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(keep)

@@ -1,0 +1,98 @@
+"""Atomic, pickle-free training checkpoints (safetensors + JSON) shared by every trainer.
+
+A checkpoint is a folder: one safetensors file per group of tensors (model, EMA, optimizer,
+RNG) and `state.json` (step, config, package version). It is written to a temporary sibling
+and swapped in with renames, so a crash or a full disk never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from hifiedit import __version__
+from hifiedit.errors import HifieditError
+
+
+def save_checkpoint(folder: Path, groups: dict[str, dict[str, torch.Tensor]], state: dict) -> None:
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; checkpoints are ordinary folders
+    try:
+        for name, tensors in groups.items():
+            tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+            save_file(tensors, str(tmp / f"{name}.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({**state, "version": __version__}, indent=1))
+        old = folder.with_name(folder.name + ".old")
+        if folder.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        if old.exists():
+            shutil.rmtree(old)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise HifieditError(f"Could not write checkpoint {folder}: {e.strerror or e}.") from e
+
+
+def load_checkpoint(folder: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    folder = Path(folder)
+    if not (folder / "state.json").is_file():
+        old = folder.with_name(folder.name + ".old")  # a crash between the two renames
+        if (old / "state.json").is_file():
+            folder = old
+        else:
+            raise HifieditError(f"{folder} is not a hifiedit checkpoint (no state.json).")
+    state = json.loads((folder / "state.json").read_text())
+    groups = {p.stem: load_file(str(p)) for p in folder.glob("*.safetensors")}
+    return groups, state
+
+
+def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """An optimizer's state as flat tensors plus JSON-able parameter groups."""
+    sd = opt.state_dict()
+    tensors = {
+        f"{idx}.{key}": (v if torch.is_tensor(v) else torch.tensor(v))
+        for idx, entry in sd["state"].items()
+        for key, v in entry.items()
+    }
+    return tensors, sd["param_groups"]
+
+
+def load_optimizer_state(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]
+) -> None:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    expected = sum(len(g["params"]) for g in opt.param_groups)
+    if sum(len(g["params"]) for g in groups) != expected:
+        raise HifieditError("Checkpoint optimizer does not match the model's parameters.")
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def check_model_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Strict loading with an error that names what is missing or mismatched (STYLE lesson 7)."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    wrong = sorted(k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}{' …' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}{' …' if len(unexpected) > 5 else ''}")
+        if wrong:
+            parts.append(f"wrong shape {wrong[:5]}")
+        raise HifieditError(f"{what} does not match the model: " + "; ".join(parts) + ".")
+    module.load_state_dict(tensors, strict=True)
