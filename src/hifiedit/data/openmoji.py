@@ -191,7 +191,7 @@ class OpenMojiSet:
         import torch
 
         x = torch.from_numpy(self.images[self.indices(split)]).permute(0, 3, 1, 2)
-        return x.float().div(127.5).sub(1.0)
+        return x.float().div(127.5).sub(1.0).contiguous()  # NCHW: channels_last is slower here
 
     def by_name(self) -> dict[str, EmojiRecord]:
         return {r.name: r for r in self.records}
