@@ -69,7 +69,7 @@ def cmd_eval_recon(args) -> None:
 def cmd_demo(args) -> None:
     from hifiedit.eval.recon import run_demo
 
-    print(run_demo(Path(args.out), model=args.model, n_images=args.n_images))
+    print(run_demo(Path(args.out), model=args.model, n_images=args.n_images, force=args.force))
 
 
 # ------------------------------------------------------------------ parser
@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="outputs/demo")
     demo.add_argument("--model", default="default")
     demo.add_argument("--n-images", type=int, default=8)
+    demo.add_argument("--force", action="store_true", help="replace the previous demo outputs")
     demo.set_defaults(func=cmd_demo)
     return p
 
