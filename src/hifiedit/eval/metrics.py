@@ -30,6 +30,9 @@ def _gaussian_window(size: int, sigma: float, channels: int, dtype) -> torch.Ten
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """SSIM of Wang et al. (2004): Gaussian window 11/σ 1.5, K1 0.01, K2 0.03, data range 1,
     'valid' filtering (as scikit-image with gaussian_weights=True), mean over channels."""
+    # float64: σ² = E[x²] − μ² cancels badly in float32 against the small constant C2.
+    out_dtype = a.dtype
+    a, b = a.double(), b.double()
     c = a.shape[1]
     win = _gaussian_window(window, sigma, c, a.dtype).to(a.device)
     filt = lambda x: F.conv2d(x, win, groups=c)  # noqa: E731
@@ -39,4 +42,4 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
     cov = filt(a * b) - mu_a * mu_b
     c1, c2 = 0.01**2, 0.03**2
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return s.flatten(1).mean(1)
+    return s.flatten(1).mean(1).to(out_dtype)
