@@ -41,6 +41,14 @@ def test_split_is_deterministic_and_proportioned():
     assert 0.12 < frac < 0.18
 
 
+def test_committed_split_matches_the_rule_and_is_disjoint():
+    table = openmoji.committed_split()
+    assert all(split_of(base) == split for base, split in table.items())
+    raw = json.loads(openmoji.SPLIT_FILE.read_text())
+    assert not set(raw["test"]) & (set(raw["train"]) | set(raw["val"]))
+    assert len(raw["test"]) > 200
+
+
 def _rec(i, name, tone_base, tone=None, gender=None):
     return EmojiRecord(index=i, char="?", name=name, tone_base=tone_base, split_base=tone_base,
                        skin_tone=tone, gender=gender, hair=None, split="train")

@@ -52,6 +52,14 @@ def cmd_train_base(args) -> None:
     print(json.dumps(summary))
 
 
+def cmd_release_base(args) -> None:
+    from hifiedit.train.release import release_base_model
+
+    dest = release_base_model(Path(args.run), Path(args.to),
+                              Path(args.eval_json) if args.eval_json else None, force=args.force)
+    print(f"released {args.run} to {dest} (see {dest / 'README.md'})")
+
+
 def cmd_eval_recon(args) -> None:
     from hifiedit.eval.recon import ReconConfig, run_recon_eval
 
@@ -98,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--max-steps", type=int)
     tb.add_argument("--threads", type=int)
     tb.set_defaults(func=cmd_train_base)
+
+    rel = sub.add_parser("release", help="ship a trained model with a model card")
+    rb = rel.add_subparsers(dest="what", required=True).add_parser("base")
+    rb.add_argument("--run", required=True, help="the --out folder of `train base`")
+    rb.add_argument("--to", required=True, help="destination model folder")
+    rb.add_argument("--eval-json", help="an `eval recon` report to put in the model card")
+    rb.add_argument("--force", action="store_true", help="replace an existing destination")
+    rb.set_defaults(func=cmd_release_base)
 
     ev = sub.add_parser("eval", help="evaluate").add_subparsers(dest="what", required=True)
     er = ev.add_parser("recon", help="reconstruction PSNR/SSIM: DDIM and SDEdit")

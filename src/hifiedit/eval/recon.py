@@ -10,14 +10,13 @@ Methods (DESIGN §3, issue "Foundation" item 7):
 from __future__ import annotations
 
 import json
-import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from hifiedit.errors import HifieditError
+from hifiedit.runtime import machine_description, write_text_atomic
 
 METHODS = ("ddim", "sdedit")
 
@@ -49,11 +48,6 @@ class ReconConfig:
             raise HifieditError("--limit must be ≥ 1.")
 
 
-def machine_description() -> str:
-    return (f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
-
-
 def reconstruct(backbone, x0: torch.Tensor, method: str, steps: int, t0: int,
                 s_for: int | None = None, generator: torch.Generator | None = None):
     """One reconstruction of a batch in [-1, 1] by `method` (see module docstring)."""
@@ -80,16 +74,6 @@ def _check_outputs(paths: list[Path | None], force: bool) -> None:
                 p.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise HifieditError(f"Cannot create {p.parent}: {e.strerror or e}.") from e
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise HifieditError(f"Could not write {path}: {e.strerror or e}.") from e
 
 
 def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
@@ -134,7 +118,7 @@ def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
               "n_images": len(images), "seed": config.seed, "machine": machine_description(),
               "rows": rows}
     if json_path is not None:
-        _write_text_atomic(json_path, json.dumps(report, indent=1) + "\n")
+        write_text_atomic(json_path, json.dumps(report, indent=1) + "\n")
     if grid_path is not None:
         from hifiedit.eval.grids import save_grid
 

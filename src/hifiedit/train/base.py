@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from hifiedit.errors import HifieditError
+from hifiedit.runtime import machine_description
 from hifiedit.train.checkpoint import (
     check_model_state,
     load_checkpoint,
@@ -295,7 +296,8 @@ def train_base(
             {"model": unet.state_dict(), "ema": ema.state_dict(), "optimizer": tensors,
              "rng": {"generator": gen.get_state()}},
             {"step": step, "wall_seconds": wall, "config": asdict(config), "param_groups": groups,
-             "n_params": n_params, "images_seen": step * config.batch_size},
+             "n_params": n_params, "images_seen": step * config.batch_size,
+             "machine": machine_description()},
         )
         export_model(ema, config, out / "model")
 
