@@ -52,10 +52,45 @@ def cmd_train_base(args) -> None:
     print(json.dumps(summary))
 
 
+def cmd_train_clip(args) -> None:
+    from hifiedit.train.clip import ClipTrainConfig, train_clip
+    from hifiedit.train.config import config_from_dict, load_config
+
+    overrides = {"max_steps": args.max_steps, "threads": args.threads}
+    if args.resume and args.config is None:
+        # Resuming without a config file continues the run exactly as it was configured.
+        from hifiedit.train.checkpoint import load_checkpoint
+
+        _, state = load_checkpoint(Path(args.out) / "checkpoint")
+        values = {**state["config"], **{k: v for k, v in overrides.items() if v is not None}}
+        config = config_from_dict(ClipTrainConfig, values)
+    else:
+        config = load_config(ClipTrainConfig, args.config, overrides)
+    summary = train_clip(config, Path(args.out), resume=args.resume, max_minutes=args.max_minutes)
+    print(json.dumps(summary))
+
+
+def cmd_eval_clip(args) -> None:
+    from hifiedit.eval.clip_eval import format_report, run_clip_eval
+
+    report = run_clip_eval(args.model, split=args.split,
+                           json_path=Path(args.json) if args.json else None, force=args.force,
+                           image_size=args.size)
+    print(format_report(report))
+
+
 def cmd_release_base(args) -> None:
     from hifiedit.train.release import release_base_model
 
     dest = release_base_model(Path(args.run), Path(args.to),
+                              Path(args.eval_json) if args.eval_json else None, force=args.force)
+    print(f"released {args.run} to {dest} (see {dest / 'README.md'})")
+
+
+def cmd_release_clip(args) -> None:
+    from hifiedit.train.release_clip import release_clip_model
+
+    dest = release_clip_model(Path(args.run), Path(args.to),
                               Path(args.eval_json) if args.eval_json else None, force=args.force)
     print(f"released {args.run} to {dest} (see {dest / 'README.md'})")
 
@@ -66,12 +101,55 @@ def cmd_eval_recon(args) -> None:
     config = ReconConfig(
         model=args.model, split=args.split, steps=tuple(args.steps), t0=args.t0,
         s_for=args.s_for, limit=args.limit, seed=args.seed, methods=tuple(args.methods),
+        rectifier=args.rectifier,
     )
     report = run_recon_eval(config, json_path=Path(args.json) if args.json else None,
                             grid_path=Path(args.grid) if args.grid else None, force=args.force)
     from hifiedit.eval.recon import format_table
 
     print(format_table(report))
+
+
+def cmd_train_rectifier(args) -> None:
+    from hifiedit.train.config import config_from_dict, load_config
+    from hifiedit.train.rectifier import RectifierTrainConfig, train_rectifier
+
+    overrides = {"max_steps": args.max_steps, "threads": args.threads}
+    if args.resume and args.config is None:
+        # Resuming without a config file continues the run exactly as it was configured.
+        from hifiedit.train.checkpoint import load_checkpoint
+
+        _, state = load_checkpoint(Path(args.out) / "checkpoint")
+        values = {**state["config"], **{k: v for k, v in overrides.items() if v is not None}}
+        config = config_from_dict(RectifierTrainConfig, values)
+    else:
+        config = load_config(RectifierTrainConfig, args.config, overrides)
+    summary = train_rectifier(config, Path(args.out), base=args.base, resume=args.resume,
+                              max_minutes=args.max_minutes)
+    print(json.dumps(summary))
+
+
+def cmd_bench(args) -> None:
+    from hifiedit.eval.bench import format_bench, run_bench
+
+    report = run_bench(model=args.model, rectifier=args.rectifier, batches=tuple(args.batches),
+                       steps=args.steps, repeats=args.repeats,
+                       json_path=Path(args.json) if args.json else None, force=args.force)
+    print(format_bench(report))
+
+
+def cmd_reconstruct(args) -> None:
+    from hifiedit.data.images import check_output_path, load_image, save_image
+    from hifiedit.pipeline import HifiEditPipeline
+
+    check_output_path(args.output, args.force)  # fail before any model work
+    pipe = HifiEditPipeline.from_pretrained(
+        args.model, rectifier=None if args.no_rectifier else args.rectifier)
+    if pipe.rectifier is None and not args.no_rectifier:
+        print("note: no rectifier available; reconstructing with plain DDIM", file=sys.stderr)
+    x0 = load_image(args.image, pipe.image_size, crop=args.crop)
+    out = pipe.reconstruct(x0, steps=args.steps, t0=args.t0, s_for=args.s_for, progress=True)
+    print(f"wrote {save_image(out, args.output, args.force)}")
 
 
 def cmd_demo(args) -> None:
@@ -106,14 +184,39 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--max-steps", type=int)
     tb.add_argument("--threads", type=int)
     tb.set_defaults(func=cmd_train_base)
+    tc = train.add_parser("clip", help="train an OpenMoji CLIP (guide or judge)")
+    tc.add_argument("--config", type=Path, help="JSON file of ClipTrainConfig fields")
+    tc.add_argument("--out", required=True)
+    tc.add_argument("--resume", action="store_true")
+    tc.add_argument("--max-minutes", type=float)
+    tc.add_argument("--max-steps", type=int)
+    tc.add_argument("--threads", type=int)
+    tc.set_defaults(func=cmd_train_clip)
+    tr = train.add_parser("rectifier", help="reconstruction training of the rectifier (frozen base)")
+    tr.add_argument("--base", default="default", help="default, a shipped name, or a model folder")
+    tr.add_argument("--config", type=Path, help="JSON file of RectifierTrainConfig fields")
+    tr.add_argument("--out", required=True)
+    tr.add_argument("--resume", action="store_true")
+    tr.add_argument("--max-minutes", type=float)
+    tr.add_argument("--max-steps", type=int)
+    tr.add_argument("--threads", type=int)
+    tr.set_defaults(func=cmd_train_rectifier)
 
     rel = sub.add_parser("release", help="ship a trained model with a model card")
-    rb = rel.add_subparsers(dest="what", required=True).add_parser("base")
+    rel_sub = rel.add_subparsers(dest="what", required=True)
+    rb = rel_sub.add_parser("base")
     rb.add_argument("--run", required=True, help="the --out folder of `train base`")
     rb.add_argument("--to", required=True, help="destination model folder")
     rb.add_argument("--eval-json", help="an `eval recon` report to put in the model card")
     rb.add_argument("--force", action="store_true", help="replace an existing destination")
     rb.set_defaults(func=cmd_release_base)
+    rc = rel_sub.add_parser("clip")
+    rc.add_argument("--run", required=True, help="the --out folder of `train clip`")
+    rc.add_argument("--to", required=True,
+                    help="destination, e.g. src/hifiedit/assets/models/openmoji32-clip")
+    rc.add_argument("--eval-json", help="an `eval clip` report to put in the model card")
+    rc.add_argument("--force", action="store_true", help="replace an existing destination")
+    rc.set_defaults(func=cmd_release_clip)
 
     ev = sub.add_parser("eval", help="evaluate").add_subparsers(dest="what", required=True)
     er = ev.add_parser("recon", help="reconstruction PSNR/SSIM: DDIM and SDEdit")
@@ -124,11 +227,44 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--s-for", type=int, help="fixed inversion steps (default: same as S)")
     er.add_argument("--limit", type=int, help="evaluate only the first N images")
     er.add_argument("--seed", type=int, default=0)
-    er.add_argument("--methods", type=lambda s: s.split(","), default=["ddim", "sdedit"])
+    er.add_argument("--methods", type=lambda s: s.split(","), default=["ddim", "sdedit"],
+                    help="comma-separated: ddim, sdedit, rectified")
+    er.add_argument("--rectifier", default="default",
+                    help="for method rectified: default, a rectifier folder, or none")
     er.add_argument("--json", help="write the report here")
     er.add_argument("--grid", help="write an image grid (original | each method) here")
     er.add_argument("--force", action="store_true", help="overwrite existing --json/--grid")
     er.set_defaults(func=cmd_eval_recon)
+    bn = sub.add_parser("bench", help="time per generation step: plain DDIM vs rectified")
+    bn.add_argument("--model", default="default")
+    bn.add_argument("--rectifier", default="default",
+                    help="default, a rectifier folder, or none (none/absent: a fresh one is timed)")
+    bn.add_argument("--batches", type=_int_list, default=[1, 16])
+    bn.add_argument("--steps", type=int, default=10, help="generation steps per timed chain")
+    bn.add_argument("--repeats", type=int, default=2, help="timed chains per batch size")
+    bn.add_argument("--json", help="write the report here")
+    bn.add_argument("--force", action="store_true", help="overwrite an existing --json")
+    bn.set_defaults(func=cmd_bench)
+    ec = ev.add_parser("clip", help="zero-shot tone/gender accuracy, retrieval, pair direction")
+    ec.add_argument("--model", default="default", help="default, judge, or a CLIP folder")
+    ec.add_argument("--split", default="test")
+    ec.add_argument("--size", type=int, default=32, help="OpenMoji render size (pixels)")
+    ec.add_argument("--json", help="write the report here")
+    ec.add_argument("--force", action="store_true", help="overwrite an existing --json")
+    ec.set_defaults(func=cmd_eval_clip)
+
+    rec = sub.add_parser("reconstruct", help="invert one image and generate it back")
+    rec.add_argument("image")
+    rec.add_argument("--steps", type=int, required=True, help="generation steps S_gen")
+    rec.add_argument("--t0", type=int, default=400)
+    rec.add_argument("--s-for", type=int, help="inversion steps (default: --steps)")
+    rec.add_argument("--model", default="default")
+    rec.add_argument("--rectifier", default="default", help="default, a folder, or none")
+    rec.add_argument("--no-rectifier", action="store_true", help="plain DDIM generation")
+    rec.add_argument("--crop", action="store_true", help="centre-crop non-square images")
+    rec.add_argument("-o", "--output", required=True)
+    rec.add_argument("--force", action="store_true", help="overwrite --output")
+    rec.set_defaults(func=cmd_reconstruct)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default")
     demo.add_argument("--out", default="outputs/demo")

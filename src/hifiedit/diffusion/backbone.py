@@ -131,7 +131,9 @@ def load_backbone(
     if out_ch not in (in_ch, 2 * in_ch):
         raise HifieditError(f"U-Net has {in_ch} input but {out_ch} output channels; cannot read ε.")
     try:
-        unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True, torch_dtype=dtype)
+        # low_cpu_mem_usage=False: the same result without requiring `accelerate`.
+        unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True, torch_dtype=dtype,
+                                           low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError) as e:
         raise HifieditError(f"Could not load the U-Net in {unet_dir}: {e}") from e
     unet.to(device).eval().requires_grad_(False)

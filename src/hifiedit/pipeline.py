@@ -1,0 +1,126 @@
+"""The one object users hold: invert an image with θ, generate it back (rectified, later edited).
+
+It is the only place that wires the backbone, the rectifier and the DDIM samplers together
+(STYLE lesson 1); the samplers stay pure functions and the models know nothing of timesteps.
+
+    pipe = HifiEditPipeline.from_pretrained("default")
+    x0 = load_image("emoji.png", pipe.image_size)
+    out = pipe.reconstruct(x0, steps=6)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hifiedit.diffusion.backbone import MODELS_DIR, Backbone, load_backbone
+from hifiedit.diffusion.ddim import DDIMConventions, Trajectory, generate, invert
+from hifiedit.errors import HifieditError
+
+DEFAULT_RECTIFIER = "openmoji32-rectifier"
+
+
+def resolve_rectifier_path(name_or_path: str | Path | None) -> Path | None:
+    """A rectifier folder: an existing path, a shipped name, "default" (None if not shipped),
+    or None/"none" for no rectifier."""
+    if name_or_path in (None, "none"):
+        return None
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    named = MODELS_DIR / (DEFAULT_RECTIFIER if str(name_or_path) == "default" else str(name_or_path))
+    if named.exists():
+        return named
+    if str(name_or_path) == "default":
+        return None
+    raise HifieditError(f"No rectifier {str(name_or_path)!r}: neither a folder nor a shipped model.")
+
+
+@dataclass
+class HifiEditPipeline:
+    backbone: Backbone
+    rectifier: torch.nn.Module | None = None
+    conventions: DDIMConventions = DDIMConventions()
+
+    @classmethod
+    def from_pretrained(cls, base: str | Path = "default", rectifier: str | Path | None = "default",
+                        device: str | torch.device = "cpu") -> "HifiEditPipeline":
+        backbone = load_backbone(base, device=device)
+        rect = None
+        rect_path = resolve_rectifier_path(rectifier)
+        if rect_path is not None:
+            from hifiedit.rectifier import Rectifier
+
+            rect = Rectifier.from_pretrained(rect_path, backbone.unet).to(device).eval()
+            rect.requires_grad_(False)
+        return cls(backbone, rect)
+
+    @property
+    def image_size(self) -> int:
+        return self.backbone.sample_size
+
+    def timesteps(self, t0: int, steps: int) -> list[int]:
+        """The DDIM grid, after checking the request is meaningful for this model."""
+        T = self.backbone.num_train_timesteps
+        if not 1 <= t0 < T:
+            raise HifieditError(f"t0 must be in [1, {T}) for this model, got {t0}.")
+        if not 1 <= steps <= t0:
+            raise HifieditError(f"steps must be in [1, t0={t0}], got {steps}.")
+        return self.conventions.timesteps(t0, steps)
+
+    def _check(self, x: torch.Tensor) -> torch.Tensor:
+        s, c = self.image_size, self.backbone.in_channels
+        if x.ndim != 4 or x.shape[1:] != (c, s, s):
+            raise HifieditError(f"expected images of shape (B, {c}, {s}, {s}), got {tuple(x.shape)}.")
+        return x.to(self.backbone.unet.device, self.backbone.unet.dtype)
+
+    def invert(self, x0: torch.Tensor, t0: int = 400, steps: int = 40,
+               progress: bool = False) -> Trajectory:
+        """Deterministic DDIM inversion with the frozen base θ (never rectified or edited)."""
+        x0, timesteps = self._check(x0), self.timesteps(t0, steps)
+        with _progress(progress, steps, "invert") as cb:
+            return invert(self.backbone.eps, x0, timesteps, self.backbone.alphas_cumprod,
+                          self.conventions, callback=cb)
+
+    def generate(self, x_t0: torch.Tensor, t0: int, steps: int, x0: torch.Tensor | None = None,
+                 unet: torch.nn.Module | None = None, progress: bool = False) -> Trajectory:
+        """DDIM generation from x_t0. With a rectifier and the original images `x0`, every
+        step is rectified towards x0 (DESIGN §1); `unet` swaps in edited weights ψ."""
+        x_t0, timesteps = self._check(x_t0), self.timesteps(t0, steps)
+        if self.rectifier is not None and x0 is not None:
+            from hifiedit.rectifier import rectified_eps_fn
+
+            eps_fn = rectified_eps_fn(self.backbone, self.rectifier, self._check(x0), unet=unet)
+        else:
+            eps_fn = (lambda x, t: self.backbone.eps(x, t, unet=unet)) if unet else self.backbone.eps
+        with _progress(progress, steps, "generate") as cb:
+            return generate(eps_fn, x_t0, timesteps, self.backbone.alphas_cumprod,
+                            self.conventions, callback=cb)
+
+    @torch.no_grad()
+    def reconstruct(self, x0: torch.Tensor, steps: int, t0: int = 400, s_for: int | None = None,
+                    rectify: bool = True, progress: bool = False) -> torch.Tensor:
+        """Invert with S_for steps (default: `steps`), generate back with `steps`."""
+        x_t0 = self.invert(x0, t0, s_for or steps, progress).final
+        return self.generate(x_t0, t0, steps, x0 if rectify else None, progress=progress).final
+
+
+class _progress:
+    """A tqdm bar fed by the samplers' callback (STYLE lesson 2: no printing in the loops)."""
+
+    def __init__(self, enabled: bool, total: int, desc: str):
+        self.enabled, self.total, self.desc = enabled, total, desc
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.total, desc=self.desc, leave=False)
+        return lambda *_: self.bar.update(1)
+
+    def __exit__(self, *_):
+        if self.enabled:
+            self.bar.close()
