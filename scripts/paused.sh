@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Run a command while any background `hifiedit train` job is paused (SIGSTOP/SIGCONT), so that
-# the two do not fight over this machine's 2 cores (OpenMP threads collapse under contention).
+# Run a foreground command next to a background `hifiedit train` job without slowing it down:
+# the training job runs on one thread (--threads 1) and this command gets the other core
+# (OMP_NUM_THREADS=1). Pausing the job instead (SIGSTOP) raced between concurrent users.
 #   scripts/paused.sh .venv/bin/python -m pytest tests/test_x.py
-pids=$(pgrep -f "hifiedit train" || true)
-[ -n "$pids" ] && kill -STOP $pids
-trap '[ -n "$pids" ] && kill -CONT $pids 2>/dev/null' EXIT
-"$@"
+export OMP_NUM_THREADS=1
+exec "$@"

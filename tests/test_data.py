@@ -81,8 +81,10 @@ def test_renderer_white_background_and_size():
 
 
 @pytest.fixture
-def tiny_set(monkeypatch):
-    """Replace the full render with a handful of real glyphs, to keep the tests fast."""
+def tiny_set(monkeypatch, tmp_path_factory):
+    """Replace the full render with a handful of real glyphs, to keep the tests fast (in a
+    private cache, so that later tests still see the full set)."""
+    monkeypatch.setenv("HIFIEDIT_CACHE", str(tmp_path_factory.mktemp("tiny-cache")))
     chars = [("\U0001F44D", ":thumbs_up:"), ("\U0001F44D\U0001F3FF", ":thumbs_up_dark_skin_tone:"),
              ("\U0001F600", ":grinning_face:")]
     monkeypatch.setattr(openmoji, "emoji_names", lambda: chars)

@@ -1,0 +1,149 @@
+"""`hifiedit eval clip`: does a CLIP see what our edits change? (issue 3, item 5)
+
+All scores are zero-shot on the OpenMoji split (the test split's bases never appear in
+training, so they measure generalisation to unseen glyphs):
+
+- `skin_tone_acc`: each glyph that has a tone, or is the yellow default of a toned base, is
+  classified among the 6 names of its own base ("thumbs up", "thumbs up light skin tone", …,
+  "thumbs up dark skin tone"). Comparing names of the *same* glyph isolates the attribute.
+- `gender_acc`: each glyph whose name says man/woman/person, among the 3 names with the gender
+  words swapped ("woman cook" vs "man cook" vs "person cook"), tones kept.
+- `retrieval_top1/top5`: text → image among all split images, by full name.
+- `pair_direction_cos`: mean S_dir of the true light → dark pairs along the text direction
+  "light skin tone" → "dark skin tone" (what a perfect edit would score).
+
+Text embeddings are CLIP's prompt ensemble over the emoji templates. Evaluation is the one
+place allowed to load the judge (`allow_judge=True`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from hifiedit.errors import HifieditError
+from hifiedit.runtime import machine_description, write_text_atomic
+
+GENDERS = ("man", "woman", "person")
+
+
+@torch.no_grad()
+def _image_embeddings(clip, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    return torch.cat([clip.encode_images(b).float().cpu() for b in images.split(batch_size)])
+
+
+def _ensemble(clip, names: list[str]) -> torch.Tensor:
+    from hifiedit.guidance.losses import text_embedding
+
+    unique = list(dict.fromkeys(names))
+    table = {n: text_embedding(clip, n).float().cpu() for n in unique}
+    return torch.stack([table[n] for n in names])
+
+
+def clip_metrics(clip, data, split: str = "test") -> dict:
+    """The issue's figures for one CLIP (`Clip`) on one split of an `OpenMojiSet`."""
+    from hifiedit.data.captions import tone_phrases, toned_bases, with_gender, with_tone
+    from hifiedit.data.openmoji import SKIN_TONES, edit_pairs
+    from hifiedit.guidance.losses import s_dir, text_direction
+
+    idx = data.indices(split)
+    if not idx:
+        raise HifieditError(f"No images in split {split!r}.")
+    records = [data.records[i] for i in idx]
+    row = {r.index: k for k, r in enumerate(records)}
+    emb = _image_embeddings(clip, data.tensor(split))
+
+    def accuracy(candidates: list[list[str]], labels: list[int], rows: list[int]):
+        if not rows:
+            return None
+        flat = [n for c in candidates for n in c]
+        text = _ensemble(clip, flat).view(len(candidates), len(candidates[0]), -1)
+        scores = torch.einsum("nd,ncd->nc", emb[rows], text)
+        return (scores.argmax(1) == torch.tensor(labels)).float().mean().item()
+
+    # Skin tone: 6 classes, no modifier + 5 tones.
+    toned = toned_bases(records)
+    classes = (None,) + SKIN_TONES
+    tone_rows, tone_cands, tone_labels = [], [], []
+    for k, r in enumerate(records):
+        if r.skin_tone in SKIN_TONES or (r.skin_tone is None and r.tone_base in toned):
+            tone_rows.append(k)
+            tone_cands.append([with_tone(r.tone_base, t) for t in classes])
+            tone_labels.append(classes.index(r.skin_tone))
+
+    # Gender: 3 classes, tones kept.
+    g_rows, g_cands, g_labels = [], [], []
+    for k, r in enumerate(records):
+        if r.gender in GENDERS:
+            suffix = "".join(f" {p}" for p in tone_phrases(r))
+            g_rows.append(k)
+            g_cands.append([with_gender(r.tone_base, g) + suffix for g in GENDERS])
+            g_labels.append(GENDERS.index(r.gender))
+
+    # Retrieval: every name against every image of the split.
+    names = [r.name for r in records]
+    sims = _ensemble(clip, names) @ emb.T
+    top = sims.topk(min(5, len(records)), dim=1).indices
+    hits = torch.tensor([[names[j] == names[q] for j in top[q].tolist()]
+                         for q in range(len(records))])
+
+    pairs = [p for p in edit_pairs(records) if p.kind == "skin_tone"
+             and p.source_attr == "light" and p.target_attr == "dark"]
+    pair_cos = None
+    if pairs:
+        direction = text_direction(clip, "light skin tone", "dark skin tone").float().cpu()
+        src = emb[[row[p.source] for p in pairs]]
+        tgt = emb[[row[p.target] for p in pairs]]
+        pair_cos = s_dir(tgt, src, direction).mean().item()
+
+    return {
+        "skin_tone_acc": accuracy(tone_cands, tone_labels, tone_rows),
+        "gender_acc": accuracy(g_cands, g_labels, g_rows),
+        "retrieval_top1": hits[:, 0].float().mean().item(),
+        "retrieval_top5": hits.any(1).float().mean().item(),
+        "pair_direction_cos": pair_cos,
+        "n_images": len(records),
+        "n_skin_tone": len(tone_rows),
+        "n_gender": len(g_rows),
+        "n_pairs": len(pairs),
+    }
+
+
+def run_clip_eval(model: str = "default", split: str = "test", json_path: Path | None = None,
+                  force: bool = False, image_size: int = 32, clip=None, data=None) -> dict:
+    """Evaluate one CLIP and return the report; optionally write it as JSON.
+
+    Images are rendered at `image_size` (the size edits work at, 32 for the embedded domain)
+    and resized to the model's input by its preprocessing, as during guidance."""
+    from hifiedit.data.openmoji import load_openmoji
+    from hifiedit.guidance.clip import load_clip
+
+    if json_path is not None:
+        json_path = Path(json_path)
+        if json_path.exists() and not force:
+            raise HifieditError(f"{json_path} exists; pass --force to overwrite it.")
+        try:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise HifieditError(f"Cannot create {json_path.parent}: {e.strerror or e}.") from e
+    clip = clip or load_clip(model, allow_judge=True)  # evaluation may read the judge
+    data = data or load_openmoji(image_size)
+    report = {"model": str(model), "path": clip.path, "role": clip.role, "split": split,
+              "image_size": int(data.images.shape[1]),
+              **clip_metrics(clip, data, split), "machine": machine_description()}
+    if json_path is not None:
+        write_text_atomic(json_path, json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def format_report(report: dict) -> str:
+    keys = ("skin_tone_acc", "gender_acc", "retrieval_top1", "retrieval_top5",
+            "pair_direction_cos")
+    lines = [f"CLIP {report['model']} ({report['role']})  split {report['split']}  "
+             f"n_images {report['n_images']}"]
+    for k in keys:
+        v = report[k]
+        lines.append(f"  {k:20} {'n/a' if v is None else f'{v:.4f}'}")
+    return "\n".join(lines)
