@@ -1,6 +1,5 @@
 """The shipped default base model: present, loadable, small, and a working DDIM core on it."""
 
-import pytest
 import torch
 
 from hifiedit.data.openmoji import load_openmoji

@@ -309,25 +309,17 @@ def edit_pairs(records: list[EmojiRecord]) -> list[EditPair]:
 def write_openmoji_folder(out: Path, size: int = 32, force: bool = False) -> int:
     """`hifiedit data openmoji`: PNGs + manifest.jsonl + split.json + pairs.jsonl + ATTRIBUTION.
 
-    Everything is written into a temporary sibling folder and renamed at the end, so an
-    interrupted or failed run (full disk, unwritable folder) leaves no partial output.
+    Written through `atomic_folder`: a failed or interrupted run (full disk, unwritable
+    folder) leaves no partial output.
     """
-    import shutil
-    import tempfile
+    from PIL import Image
+
+    from hifiedit.runtime import atomic_folder
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise HifieditError(f"{out} exists and is not empty; pass --force to replace it.")
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=parent))
-    except OSError as e:
-        raise HifieditError(f"Cannot write to {parent}: {e.strerror or e}.") from e
-
-    try:
-        from PIL import Image
-
+    with atomic_folder(out, "the OpenMoji folder") as tmp:
         data = load_openmoji(size)
         (tmp / "images").mkdir()
         with open(tmp / "manifest.jsonl", "w") as f:
@@ -342,13 +334,4 @@ def write_openmoji_folder(out: Path, size: int = 32, force: bool = False) -> int
             for p in edit_pairs(data.records):
                 f.write(json.dumps(asdict(p)) + "\n")
         (tmp / "ATTRIBUTION.txt").write_text(ATTRIBUTION + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise HifieditError(f"Writing {out} failed ({e.strerror or e}); nothing was left.") from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return len(data.records)

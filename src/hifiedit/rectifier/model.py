@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from torch import nn
 
 from hifiedit import __version__
 from hifiedit.errors import HifieditError
+from hifiedit.runtime import atomic_folder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -231,22 +229,13 @@ class Rectifier(nn.Module):
         from safetensors.torch import save_file
 
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp", dir=folder.parent))
-        tmp.chmod(0o755)
-        try:
+        with atomic_folder(folder, "rectifier") as tmp:
             meta = {"_class_name": "Rectifier", "hifiedit_version": __version__,
                     **asdict(self.config),
                     "layers": {n: list(s) for n, s in self.layers.items()}}
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=1) + "\n")
             tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
             save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise HifieditError(f"Could not save the rectifier to {folder}: {e.strerror or e}.") from e
         return folder
 
     @classmethod

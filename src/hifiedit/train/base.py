@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from hifiedit.errors import HifieditError
-from hifiedit.runtime import machine_description
+from hifiedit.runtime import atomic_folder, machine_description
 from hifiedit.train.checkpoint import (
     check_model_state,
     load_checkpoint,
@@ -176,23 +176,10 @@ def sample_grid(unet, alphas_cumprod, config: BaseTrainConfig, path: Path) -> No
 
 def export_model(ema_unet, config: BaseTrainConfig, folder: Path) -> None:
     """EMA weights as a diffusers pipeline folder (model_index.json, unet/, scheduler/)."""
-    import os
-    import shutil
-    import tempfile
-
     from diffusers import DDPMPipeline
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp", dir=folder.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; checkpoints are ordinary folders
-    try:
+    with atomic_folder(folder, "model") as tmp:
         DDPMPipeline(unet=ema_unet, scheduler=build_scheduler(config)).save_pretrained(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise HifieditError(f"Could not export the model to {folder}: {e.strerror or e}.") from e
 
 
 class _StopFlag:
@@ -289,7 +276,6 @@ def train_base(
     deadline = time.monotonic() + 60 * max_minutes if max_minutes else math.inf
 
     def checkpoint():
-        nonlocal wall
         tensors, groups = optimizer_state(opt)
         save_checkpoint(
             ckpt_dir,

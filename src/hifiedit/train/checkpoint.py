@@ -8,9 +8,6 @@ and swapped in with renames, so a crash or a full disk never leaves a half-writt
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,29 +15,15 @@ from safetensors.torch import load_file, save_file
 
 from hifiedit import __version__
 from hifiedit.errors import HifieditError
+from hifiedit.runtime import atomic_folder
 
 
 def save_checkpoint(folder: Path, groups: dict[str, dict[str, torch.Tensor]], state: dict) -> None:
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp", dir=folder.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; checkpoints are ordinary folders
-    try:
+    with atomic_folder(Path(folder), "checkpoint") as tmp:
         for name, tensors in groups.items():
             tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
             save_file(tensors, str(tmp / f"{name}.safetensors"))
         (tmp / "state.json").write_text(json.dumps({**state, "version": __version__}, indent=1))
-        old = folder.with_name(folder.name + ".old")
-        if folder.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old.exists():
-            shutil.rmtree(old)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise HifieditError(f"Could not write checkpoint {folder}: {e.strerror or e}.") from e
 
 
 def load_checkpoint(folder: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:

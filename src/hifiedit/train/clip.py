@@ -27,9 +27,6 @@ import csv
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from hifiedit.errors import HifieditError
-from hifiedit.runtime import machine_description, write_text_atomic
+from hifiedit.runtime import atomic_folder, machine_description, write_text_atomic
 from hifiedit.train.base import _norm, _StopFlag, _trim_log
 from hifiedit.train.checkpoint import (
     check_model_state,
@@ -190,11 +187,7 @@ def export_clip(model, tokenizer, config: ClipTrainConfig, folder: Path, step: i
     `hifiedit_clip.json` with its role, written to a temporary sibling and renamed."""
     from hifiedit.guidance.clip import OPENAI_MEAN, OPENAI_STD, ROLE_FILE
 
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp", dir=folder.parent))
-    tmp.chmod(0o755)
-    try:
+    with atomic_folder(Path(folder), "CLIP") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         # The image-processor settings of OpenAI's CLIP folders, at our size, written as JSON
@@ -208,12 +201,6 @@ def export_clip(model, tokenizer, config: ClipTrainConfig, folder: Path, step: i
             "image_std": list(OPENAI_STD), "do_convert_rgb": True}, indent=1))
         (tmp / ROLE_FILE).write_text(json.dumps(
             {"role": config.role, "step": step, "config": asdict(config)}, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise HifieditError(f"Could not export the CLIP to {folder}: {e.strerror or e}.") from e
 
 
 # ---------------------------------------------------------------- data
