@@ -5,6 +5,11 @@ Methods (DESIGN §3, issue "Foundation" item 7):
            well even with a poor model, so it checks the sampler more than the model.
   sdedit — stochastic forward to t0 (seeded Gaussian noise), then S DDIM steps: how well the
            model *generates* from a half-noised image, which editing and translation lean on.
+  rectified — DDIM inversion with θ as for ddim, then generation with the rectifier modulating
+           every step towards the original (DESIGN §1, "Rectifier"; issue 4). With "ddim" in
+           the same run, the report also gets the paper's Figure-1 analog next to the JSON: PSNR
+           vs steps for every method (``*_psnr.png``) and a grid original | DDIM@6 |
+           rectified@6 | DDIM@40 | rectified@40 (``*_grid.png``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import torch
 from hifiedit.errors import HifieditError
 from hifiedit.runtime import machine_description, write_text_atomic
 
-METHODS = ("ddim", "sdedit")
+METHODS = ("ddim", "sdedit", "rectified")
+DEFAULT_METHODS = ("ddim", "sdedit")
 
 
 @dataclass(frozen=True)
@@ -30,9 +36,11 @@ class ReconConfig:
     s_for: int | None = None  # fixed inversion steps; None = the same S as generation
     limit: int | None = None
     seed: int = 0
-    methods: tuple = METHODS
+    methods: tuple = DEFAULT_METHODS
     batch_size: int = 128
     grid_images: int = 8
+    # Used by the "rectified" method only: "default" (the shipped one), a folder, or "none".
+    rectifier: str = "default"
 
     def validate(self, num_train_timesteps: int) -> None:
         if not 1 <= self.t0 < num_train_timesteps:
@@ -46,23 +54,33 @@ class ReconConfig:
             raise HifieditError(f"Unknown methods {unknown}; choose from {list(METHODS)}.")
         if self.limit is not None and self.limit < 1:
             raise HifieditError("--limit must be ≥ 1.")
+        if "rectified" in self.methods and str(self.rectifier).lower() == "none":
+            raise HifieditError("method 'rectified' needs a rectifier: pass --rectifier default|PATH.")
 
 
 def reconstruct(backbone, x0: torch.Tensor, method: str, steps: int, t0: int,
-                s_for: int | None = None, generator: torch.Generator | None = None):
+                s_for: int | None = None, generator: torch.Generator | None = None,
+                rectifier=None):
     """One reconstruction of a batch in [-1, 1] by `method` (see module docstring)."""
     from hifiedit.diffusion.ddim import generate, invert, stochastic_forward
     from hifiedit.diffusion.schedule import ddim_timesteps
 
     ac = backbone.alphas_cumprod
+    eps_fn = backbone.eps
     with torch.no_grad():
-        if method == "ddim":
+        if method in ("ddim", "rectified"):  # inversion always uses the frozen base θ
             x_t0 = invert(backbone.eps, x0, ddim_timesteps(t0, s_for or steps), ac).final
         elif method == "sdedit":
             x_t0 = stochastic_forward(x0, t0, ac, generator=generator)
         else:
             raise HifieditError(f"Unknown method {method!r}.")
-        return generate(backbone.eps, x_t0, ddim_timesteps(t0, steps), ac).final
+        if method == "rectified":
+            if rectifier is None:
+                raise HifieditError("method 'rectified' needs a rectifier.")
+            from hifiedit.rectifier import rectified_eps_fn
+
+            eps_fn = rectified_eps_fn(backbone, rectifier, x0)
+        return generate(eps_fn, x_t0, ddim_timesteps(t0, steps), ac).final
 
 
 def _check_outputs(paths: list[Path | None], force: bool) -> None:
@@ -76,19 +94,53 @@ def _check_outputs(paths: list[Path | None], force: bool) -> None:
                 raise HifieditError(f"Cannot create {p.parent}: {e.strerror or e}.") from e
 
 
+def figure_paths(json_path: Path | None, methods) -> tuple[Path | None, Path | None]:
+    """(PSNR-vs-steps plot, comparison grid) written next to the JSON when rectified rows are
+    asked for (the grid also needs ddim rows to compare against)."""
+    if json_path is None or "rectified" not in methods:
+        return None, None
+    stem = json_path.with_suffix("")
+    grid = Path(f"{stem}_grid.png") if "ddim" in methods else None
+    return Path(f"{stem}_psnr.png"), grid
+
+
+def _load_rectifier(name: str, backbone):
+    from hifiedit.pipeline import resolve_rectifier_path
+    from hifiedit.rectifier import Rectifier
+
+    path = resolve_rectifier_path(name)
+    if path is None:
+        raise HifieditError("method 'rectified' needs a rectifier and none is shipped yet: train "
+                            "one with `hifiedit train rectifier --out DIR`, then pass "
+                            "--rectifier DIR/rectifier.")
+    rectifier = Rectifier.from_pretrained(path, backbone.unet).eval().requires_grad_(False)
+    return rectifier, str(path)
+
+
 def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
                    grid_path: Path | None = None, force: bool = False,
-                   progress: bool = True, backbone=None, images: torch.Tensor | None = None):
+                   progress: bool = True, backbone=None, images: torch.Tensor | None = None,
+                   rectifier=None):
     """Evaluate and return the report dict; optionally write the JSON and an image grid
-    (rows: original, then each method × steps, for the first `grid_images` images)."""
+    (rows: original, then each method × steps, for the first `grid_images` images), plus the
+    Figure-1 plot and comparison grid of :func:`figure_paths`. ``rectifier`` (a Rectifier)
+    overrides ``config.rectifier``."""
     from tqdm import tqdm
 
     from hifiedit.diffusion.backbone import load_backbone
     from hifiedit.eval import metrics
 
-    _check_outputs([json_path, grid_path], force)
+    json_path = Path(json_path) if json_path is not None else None
+    plot_path, compare_path = figure_paths(json_path, config.methods)
+    _check_outputs([json_path, grid_path, plot_path, compare_path], force)
     backbone = backbone or load_backbone(config.model)
     config.validate(backbone.num_train_timesteps)
+    rectifier_name = None
+    if "rectified" in config.methods:
+        if rectifier is None:
+            rectifier, rectifier_name = _load_rectifier(config.rectifier, backbone)
+        else:
+            rectifier_name = "given"
     if images is None:
         from hifiedit.data.openmoji import load_openmoji
 
@@ -98,40 +150,99 @@ def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
     if len(images) == 0:
         raise HifieditError(f"No images in split {config.split!r}.")
 
-    rows, grid_rows = [], [images[: config.grid_images]]
+    rows, firsts = [], {}
     jobs = [(m, s) for m in config.methods for s in config.steps]
     for method, steps in tqdm(jobs, desc="eval recon", disable=not progress):
         g = torch.Generator().manual_seed(config.seed)  # same noise for every S: comparable rows
         sums = {"mae": 0.0, "psnr": 0.0, "ssim": 0.0}
         first = None
         for batch in images.split(config.batch_size):
-            rec = reconstruct(backbone, batch, method, steps, config.t0, config.s_for, g)
+            rec = reconstruct(backbone, batch, method, steps, config.t0, config.s_for, g, rectifier)
             first = rec if first is None else first
             a, b = metrics.to_unit(rec), metrics.to_unit(batch)
             for name in sums:
                 sums[name] += getattr(metrics, name)(a, b).sum().item()
-        rows.append({"method": method, "s_for": (config.s_for or steps) if method == "ddim" else 0,
+        inverted = method in ("ddim", "rectified")
+        rows.append({"method": method, "s_for": (config.s_for or steps) if inverted else 0,
                      "steps": steps, **{k: v / len(images) for k, v in sums.items()}})
-        grid_rows.append(first[: config.grid_images])
+        firsts[(method, steps)] = first[: config.grid_images]
 
     report = {"model": str(config.model), "split": config.split, "t0": config.t0,
               "n_images": len(images), "seed": config.seed, "machine": machine_description(),
               "rows": rows}
-    if json_path is not None:
-        write_text_atomic(json_path, json.dumps(report, indent=1) + "\n")
+    if rectifier_name is not None:
+        report["rectifier"] = rectifier_name
+    originals = images[: config.grid_images]
     if grid_path is not None:
         from hifiedit.eval.grids import save_grid
 
-        save_grid(torch.cat(grid_rows), grid_path, nrow=len(grid_rows[0]), scale=3)
+        grid_rows = [originals, *firsts.values()]
+        save_grid(torch.cat(grid_rows), grid_path, nrow=len(originals), scale=3)
+    if plot_path is not None:
+        plot_psnr_vs_steps(report, plot_path)
+        report["plot"] = str(plot_path)
+    if compare_path is not None:
+        save_comparison_grid(originals, firsts, config.steps, compare_path)
+        report["comparison_grid"] = str(compare_path)
+    if json_path is not None:
+        write_text_atomic(json_path, json.dumps(report, indent=1) + "\n")
     return report
+
+
+def comparison_steps(steps) -> tuple[int, int]:
+    """The issue's columns are @6 and @40; other step lists use their smallest and largest."""
+    high = 40 if 40 in steps else max(steps)
+    low = 6 if 6 in steps and 6 < high else min(steps)
+    return low, high
+
+
+def save_comparison_grid(originals: torch.Tensor, firsts: dict, steps, path: Path) -> Path:
+    """One row per image: original | DDIM@low | rectified@low | DDIM@high | rectified@high."""
+    from hifiedit.eval.grids import save_grid
+
+    low, high = comparison_steps(steps)
+    columns = [originals] + [firsts[(m, s)] for s in dict.fromkeys((low, high))
+                             for m in ("ddim", "rectified")]
+    tiles = torch.stack(columns, dim=1).flatten(0, 1)
+    return save_grid(tiles, path, nrow=len(columns), scale=3)
+
+
+def plot_psnr_vs_steps(report: dict, path: Path) -> Path:
+    """PSNR against the number of generation steps, one line per method (Figure-1 analog)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for method in dict.fromkeys(r["method"] for r in report["rows"]):
+        rows = sorted((r for r in report["rows"] if r["method"] == method), key=lambda r: r["steps"])
+        ax.plot([r["steps"] for r in rows], [r["psnr"] for r in rows], "o-", label=method)
+    steps = sorted({r["steps"] for r in report["rows"]})
+    ax.set_xscale("log")
+    ax.set_xticks(steps)
+    ax.set_xticklabels([str(s) for s in steps])
+    ax.minorticks_off()
+    ax.set_xlabel("generation steps S")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title(f"reconstruction, {report['split']} split, t0 {report['t0']}, "
+                 f"{report['n_images']} images", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def format_table(report: dict) -> str:
     lines = [f"model {report['model']}  split {report['split']}  t0 {report['t0']}  "
              f"n_images {report['n_images']}",
-             f"{'method':8} {'s_for':>5} {'steps':>5} {'MAE':>8} {'PSNR':>7} {'SSIM':>6}"]
+             f"{'method':9} {'s_for':>5} {'steps':>5} {'MAE':>8} {'PSNR':>7} {'SSIM':>6}"]
     for r in report["rows"]:
-        lines.append(f"{r['method']:8} {r['s_for']:>5} {r['steps']:>5} {r['mae']:8.4f} "
+        lines.append(f"{r['method']:9} {r['s_for']:>5} {r['steps']:>5} {r['mae']:8.4f} "
                      f"{r['psnr']:7.2f} {r['ssim']:6.3f}")
     return "\n".join(lines)
 

@@ -1,0 +1,403 @@
+"""Reconstruction training of the rectifier R_φ (DESIGN §1, "Reconstruction training of R").
+
+The base U-Net θ stays frozen. Each training image is inverted once per step-count grid
+(cached by content hash, :mod:`hifiedit.train.trajectories`). Each iteration draws a step
+count S from a small set of grids (so one rectifier serves 6…200 steps while the caches stay
+affordable on CPU), B images and, per image, a point x_{τ_j} of its S-step inversion
+trajectory; then
+
+1. **roll-out** (no gradient): k steps of *rectified* DDIM generation from x_{τ_j} with the
+   current φ, k ~ U{0…rollout_max}. The issue's measured warning: a rectifier trained only on
+   inversion points (k = 0) beat plain DDIM at S = 6 but lost to it at S ≥ 10, because the
+   rectified chain leaves the inversion trajectory and meets states it never saw. Rolling out
+   with φ itself trains on the chain's own states (scheduled sampling);
+2. **loss** on the state reached, through ``grad_chain_steps`` rectified steps *with*
+   gradient (backprop through a short chain when > 1): mean over those steps of
+   ‖P_t(ε_θ̂(x_t, t)) − x0‖² (+ ``ssim_weight`` · (1 − SSIM)). P_t = x0 at every step makes DDIM
+   generation return x0 exactly, whatever state the chain is in, so the target holds off the
+   inversion trajectory too.
+
+Trainer guarantees as for the base model (:mod:`hifiedit.train.base`): one saved
+``torch.Generator`` makes a resumed run bit-identical to an uninterrupted one; atomic
+safetensors checkpoints; EMA of φ, exported with ``save_pretrained`` to ``OUT/rectifier``;
+SIGTERM/SIGINT checkpoint and stop; a CSV log with held-out PSNR of rectified reconstruction.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from hifiedit.diffusion.ddim import ddim_step, generate, predict_x0
+from hifiedit.errors import HifieditError
+from hifiedit.rectifier import Rectifier, RectifierConfig, rectified_eps, rectified_eps_fn
+from hifiedit.runtime import machine_description, write_text_atomic
+from hifiedit.train.base import _norm, _StopFlag, _trim_log, ema_update
+from hifiedit.train.checkpoint import (
+    check_model_state,
+    load_checkpoint,
+    load_optimizer_state,
+    optimizer_state,
+    save_checkpoint,
+)
+from hifiedit.train.config import require
+from hifiedit.train.trajectories import TrajectoryCache, model_digest
+
+# Fields that may differ when resuming: they change how long and how visibly we train, not what.
+RESUMABLE_OVERRIDES = {"max_steps", "log_every", "checkpoint_every", "eval_every", "threads"}
+_ARCH_FIELDS = ("encoder_channels", "norm_groups", "time_embed_dim", "feature_dim",
+                "branch_hidden", "pointwise_rank")
+
+
+@dataclass(frozen=True)
+class RectifierTrainConfig:
+    # Rectifier architecture (RectifierConfig; its defaults are sized for ≤ 2.5× a plain step).
+    encoder_channels: tuple = (32, 64, 128)
+    norm_groups: int = 8
+    time_embed_dim: int = 128
+    feature_dim: int = 128
+    branch_hidden: int = 32
+    pointwise_rank: int = 2
+    # Trajectories: DESIGN §3 evaluates at t0 = 400 with S_for = S_gen = S ∈ {6, 10, 20, 40,
+    # 100}; a step count between or beyond the grids (200) is served by its neighbours: R sees
+    # t and P_t, not S, and plain DDIM is already within ~0.1 dB of exact at S ≥ 100. Adding
+    # 200 costs 200 more U-Net passes per image (bench/rectifier_train_speed.py).
+    t0: int = 400
+    step_grids: tuple = (6, 10, 20, 40, 100)
+    # Inverting one image over these grids costs 176 U-Net passes, measured ≈ 4.7 s per image
+    # on one contended core: a fixed random subset of the train split keeps the one-off cache
+    # build to ~20 min (0 = the whole split, ~4 h). Roll-outs add state diversity per image.
+    n_images: int = 256
+    cache_points: int = 24  # kept states per trajectory (all of them for S ≤ 24)
+    # The mix of training states (module docstring): k ~ U{0…rollout_max} rectified no-grad
+    # steps from a cached inversion point (k = 0: the inversion point itself), then
+    # grad_chain_steps rectified steps with gradient and the loss on each one's P_t.
+    rollout_max: int = 4
+    grad_chain_steps: int = 1
+    ssim_weight: float = 0.0  # MSE alone targets PSNR, the issue's criterion
+    # Optimisation.
+    batch_size: int = 16
+    lr: float = 2e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    max_steps: int = 20_000
+    seed: int = 0
+    threads: int = 0  # 0 = PyTorch's default
+    # Monitoring: held-out PSNR of rectified reconstruction (EMA φ) on the val split.
+    log_every: int = 10
+    checkpoint_every: int = 100
+    eval_every: int = 250
+    eval_steps: tuple = (6, 20)
+    n_val_images: int = 16
+
+    def validate(self) -> None:
+        self.rectifier_config().validate()
+        require(self.t0 >= 1, f"t0 must be ≥ 1, got {self.t0}.")  # < T: checked with the model
+        require(len(self.step_grids) >= 1 and all(1 <= s <= self.t0 for s in self.step_grids),
+                f"step_grids must be step counts in [1, t0={self.t0}].")
+        require(all(1 <= s <= self.t0 for s in self.eval_steps), "eval_steps must be in [1, t0].")
+        require(self.n_images >= 0 and self.n_val_images >= 0, "n_images/n_val_images must be ≥ 0.")
+        require(self.cache_points >= 1, "cache_points must be ≥ 1.")
+        require(self.rollout_max >= 0, "rollout_max must be ≥ 0.")
+        require(1 <= self.grad_chain_steps <= min(self.step_grids),
+                "grad_chain_steps must be between 1 and the smallest step grid.")
+        require(self.ssim_weight >= 0, "ssim_weight must be ≥ 0.")
+        require(self.batch_size >= 1, "batch_size must be ≥ 1.")
+        require(0 < self.lr < 1, f"lr must be in (0, 1), got {self.lr}.")
+        require(0 <= self.ema_decay < 1, "ema_decay must be in [0, 1).")
+        require(self.max_steps >= 1, "max_steps must be ≥ 1.")
+        for k in ("log_every", "checkpoint_every", "eval_every"):
+            require(getattr(self, k) >= 1, f"{k} must be ≥ 1.")
+
+    def rectifier_config(self) -> RectifierConfig:
+        return RectifierConfig(**{k: getattr(self, k) for k in _ARCH_FIELDS})
+
+
+# --------------------------------------------------------------------------- one iteration
+
+
+@dataclass
+class Points:
+    """Cached inversion states of one step grid: states (N, P, C, H, W) at trajectory indices
+    ``kept`` (P,) of the grid ``levels`` (S + 1,)."""
+
+    states: torch.Tensor
+    kept: torch.Tensor
+    levels: torch.Tensor
+
+
+def draw_batch(points: dict[int, Points], images: torch.Tensor, config: RectifierTrainConfig,
+               gen: torch.Generator):
+    """S, roll-out length k, and per sample an image and a start index j ≥ k + grad steps (so
+    the chain never reaches the clean level). Always the same number of draws per iteration."""
+    grids = sorted(points)
+    m = config.grad_chain_steps
+    s = grids[int(torch.randint(len(grids), (1,), generator=gen))]
+    k = min(int(torch.randint(config.rollout_max + 1, (1,), generator=gen)), s - m)
+    idx = torch.randint(len(images), (config.batch_size,), generator=gen)
+    p = points[s]
+    first = int(torch.searchsorted(p.kept, torch.tensor(k + m)))  # kept always ends at S ≥ k + m
+    u = torch.rand(config.batch_size, generator=gen)
+    pos = first + (u * (len(p.kept) - first)).long().clamp(max=len(p.kept) - 1)
+    return s, k, images[idx], p.states[idx, pos], p.kept[pos]
+
+
+def _alpha(backbone, levels: torch.Tensor) -> torch.Tensor:
+    return backbone.alphas_cumprod.to(torch.float64)[levels]
+
+
+@torch.no_grad()
+def rollout(backbone, rectifier, x, x0_code, levels: torch.Tensor, j: torch.Tensor, k: int):
+    """k rectified DDIM generation moves τ_j → τ_{j−1} → … (per-sample j); returns (x, j − k)."""
+    for _ in range(k):
+        t_from, t_to = levels[j], levels[j - 1]
+        eps = rectified_eps(backbone, rectifier, x, t_from, x0_code)
+        x = ddim_step(x, eps, _alpha(backbone, t_from), _alpha(backbone, t_to))
+        j = j - 1
+    return x, j
+
+
+def chain_loss(backbone, rectifier, x0, x, x0_code, levels: torch.Tensor, j: torch.Tensor,
+               n_steps: int = 1, ssim_weight: float = 0.0) -> torch.Tensor:
+    """Mean over ``n_steps`` rectified moves from x at τ_j of ‖P_t(ε̂) − x0‖² (+ SSIM term),
+    gradients flowing through the chain into φ (DESIGN §1)."""
+    from hifiedit.eval.metrics import ssim, to_unit
+
+    losses = []
+    for r in range(n_steps):
+        t = levels[j - r]
+        eps = rectified_eps(backbone, rectifier, x, t, x0_code)
+        p_t = predict_x0(x, eps, _alpha(backbone, t))
+        loss = (p_t - x0).square().mean()
+        if ssim_weight > 0:
+            loss = loss + ssim_weight * (1 - ssim(to_unit(p_t), to_unit(x0))).mean()
+        losses.append(loss)
+        if r + 1 < n_steps:
+            x = ddim_step(x, eps, _alpha(backbone, t), _alpha(backbone, levels[j - r - 1]))
+    return torch.stack(losses).mean()
+
+
+def iteration_loss(backbone, rectifier, points, images, config, gen) -> torch.Tensor:
+    s, k, x0, x, j = draw_batch(points, images, config, gen)
+    levels = points[s].levels
+    code = rectifier.encode_x0(x0)
+    x, j = rollout(backbone, rectifier, x, code, levels, j, k)
+    return chain_loss(backbone, rectifier, x0, x, code, levels, j, config.grad_chain_steps,
+                      config.ssim_weight)
+
+
+# --------------------------------------------------------------------------- held-out PSNR
+
+
+@torch.no_grad()
+def heldout_psnr(backbone, rectifier, images, cache: TrajectoryCache, steps) -> dict[str, float]:
+    """Mean PSNR of reconstruction at t0 with S_for = S_gen = S: the rectified chain (or plain
+    DDIM when ``rectifier`` is None) from the cached S-step inversion x_{t0}."""
+    from hifiedit.eval.metrics import psnr, to_unit
+
+    out = {}
+    for s in steps:
+        states, _, grid = cache.get(images, s)
+        eps_fn = backbone.eps if rectifier is None else rectified_eps_fn(backbone, rectifier, images)
+        rec = generate(eps_fn, states[:, -1], grid, backbone.alphas_cumprod, cache.conventions).final
+        out[str(s)] = psnr(to_unit(rec), to_unit(images)).mean().item()
+    return out
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _check_out(out: Path, resume: bool) -> Path:
+    ckpt_dir = out / "checkpoint"
+    has_ckpt = (ckpt_dir / "state.json").is_file() or (out / "checkpoint.old").is_dir()
+    if has_ckpt and not resume:
+        raise HifieditError(f"{out} already holds a checkpoint: pass --resume to continue it, "
+                            "or choose another --out.")
+    if resume and not has_ckpt:
+        raise HifieditError(f"--resume given but {ckpt_dir} holds no checkpoint.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write_test").write_text("ok")
+        (out / ".write_test").unlink()
+    except OSError as e:
+        raise HifieditError(f"Cannot write to {out}: {e.strerror or e}.") from e
+    return ckpt_dir
+
+
+def _resume_state(ckpt_dir: Path, config: RectifierTrainConfig, digest: str):
+    saved, state = load_checkpoint(ckpt_dir)
+    old = state["config"]
+    changed = sorted(k for k, v in asdict(config).items()
+                     if k in old and k not in RESUMABLE_OVERRIDES and _norm(old[k]) != _norm(v))
+    if changed:
+        raise HifieditError(f"Cannot resume with a different config: {changed} changed "
+                            f"(only {sorted(RESUMABLE_OVERRIDES)} may).")
+    if state.get("base_digest") != digest:
+        raise HifieditError(f"Cannot resume: the base model differs from the one this run "
+                            f"trained against ({state.get('base')}).")
+    return saved, state
+
+
+def _load_images(config: RectifierTrainConfig, size: int):
+    from hifiedit.data.openmoji import load_openmoji
+
+    data = load_openmoji(size)
+    train, val = data.tensor("train"), data.tensor("val")
+    if config.n_images and config.n_images < len(train):
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
+        train = train[pick[: config.n_images].sort().values]
+    return train, val[: config.n_val_images]
+
+
+def build_points(cache: TrajectoryCache, images: torch.Tensor, grids, progress: bool):
+    points = {}
+    for s in grids:
+        states, kept, grid = cache.get(images, s, progress=progress)
+        points[s] = Points(states, torch.tensor(kept), torch.tensor(grid))
+    return points
+
+
+def train_rectifier(config: RectifierTrainConfig, out: Path, base: str | Path = "default",
+                    **kwargs) -> dict:
+    """Train (or resume) a rectifier for the base model ``base`` into ``out``; returns a summary.
+
+    ``out/checkpoint/`` is the resumable state, ``out/rectifier/`` the exported EMA rectifier
+    (``Rectifier.from_pretrained``), ``out/log.csv`` the log. Keyword arguments: resume,
+    max_minutes, backbone (instead of loading ``base``), train_images/val_images (instead of
+    the OpenMoji splits), cache_folder (default: $HIFIEDIT_CACHE/trajectories), progress,
+    stop_after (stop at that step as if interrupted: the resume test).
+    """
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _train(config, Path(out), base, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: RectifierTrainConfig, out: Path, base, resume: bool = False,
+           max_minutes: float | None = None, backbone=None, train_images=None, val_images=None,
+           cache_folder: Path | None = None, progress: bool = True,
+           stop_after: int | None = None) -> dict:
+    from tqdm import tqdm
+
+    from hifiedit.data.openmoji import cache_dir
+    from hifiedit.diffusion.backbone import load_backbone
+
+    config.validate()
+    ckpt_dir = _check_out(out, resume)
+    backbone = backbone or load_backbone(base)
+    require(config.t0 < backbone.num_train_timesteps,
+            f"t0={config.t0} is beyond the base model's {backbone.num_train_timesteps} steps.")
+    digest = model_digest(backbone)
+    step, wall, saved, state = 0, 0.0, None, None
+    if resume:
+        saved, state = _resume_state(ckpt_dir, config, digest)
+        step, wall = state["step"], state["wall_seconds"]
+    if train_images is None:
+        train_images, val_images = _load_images(config, backbone.sample_size)
+    require(train_images.shape[-1] == backbone.sample_size,
+            f"images are {train_images.shape[-1]} px but the base model takes {backbone.sample_size}.")
+
+    cache = TrajectoryCache(cache_folder or cache_dir() / "trajectories", backbone, config.t0,
+                            max_points=config.cache_points)
+    points = build_points(cache, train_images, config.step_grids, progress)
+
+    torch.manual_seed(config.seed)
+    rect = Rectifier.for_unet(backbone.unet, config.rectifier_config()).train()
+    ema = copy.deepcopy(rect).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(rect.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+    if saved is not None:
+        check_model_state(rect, saved["model"], "Checkpoint rectifier")
+        check_model_state(ema, saved["ema"], "Checkpoint EMA rectifier")
+        load_optimizer_state(opt, saved["optimizer"], state["param_groups"])
+        gen.set_state(saved["rng"]["generator"])
+
+    has_val = val_images is not None and len(val_images) > 0
+    plain = heldout_psnr(backbone, None, val_images, cache, config.eval_steps) if has_val else {}
+    log_path = out / "log.csv"
+    _trim_log(log_path, step)
+    n_params = sum(p.numel() for p in rect.parameters())
+    target = min(config.max_steps, stop_after or config.max_steps)
+    deadline = time.monotonic() + 60 * max_minutes if max_minutes else math.inf
+    meta = {"base": str(backbone.path or base), "base_digest": digest, "n_params": n_params,
+            "n_train_images": len(train_images), "val_psnr_ddim": plain}
+
+    def checkpoint():
+        tensors, groups = optimizer_state(opt)
+        save_checkpoint(
+            ckpt_dir,
+            {"model": rect.state_dict(), "ema": ema.state_dict(), "optimizer": tensors,
+             "rng": {"generator": gen.get_state()}},
+            {"step": step, "wall_seconds": wall, "config": asdict(config), "param_groups": groups,
+             "machine": machine_description(), **meta},
+        )
+        ema.save_pretrained(out / "rectifier")
+
+    bar = tqdm(total=target, initial=step, disable=not progress, desc="train rectifier",
+               dynamic_ncols=True)
+    window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
+    stopped_early, last_val = False, {}
+    with _StopFlag() as flag, open(log_path, "a", newline="") as log_file:
+        log = csv.writer(log_file)
+        if log_path.stat().st_size == 0:
+            log.writerow(["step", "loss", "lr", "it_per_s",
+                          *[f"val_psnr_{s}" for s in config.eval_steps], "wall_s"])
+        while step < target:
+            t_start = time.perf_counter()
+            lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss = iteration_loss(backbone, rect, points, train_images, config, gen)
+            if not torch.isfinite(loss):
+                raise HifieditError(f"Loss became {loss.item()} at step {step}; lower the lr.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(rect.parameters(), config.grad_clip)
+            opt.step()
+            ema_update(ema, rect, min(config.ema_decay, (1 + step) / (10 + step)))
+            step += 1
+            wall += time.perf_counter() - t_start
+            window_loss += loss.item()
+            window_n += 1
+            bar.update(1)
+
+            val = {}
+            if has_val and step % config.eval_every == 0:
+                val = last_val = heldout_psnr(backbone, ema, val_images, cache, config.eval_steps)
+            if step % config.log_every == 0 or val:
+                now = time.perf_counter()
+                ips = window_n / max(now - window_t, 1e-9)
+                log.writerow([step, f"{window_loss / window_n:.6f}", f"{lr:.3g}", f"{ips:.3f}",
+                              *[f"{val[str(s)]:.3f}" if val else "" for s in config.eval_steps],
+                              f"{wall:.1f}"])
+                log_file.flush()
+                bar.set_postfix(loss=f"{window_loss / window_n:.5f}", it_s=f"{ips:.2f}",
+                                **{f"psnr{s}": f"{v:.2f}" for s, v in last_val.items()})
+                window_loss, window_n, window_t = 0.0, 0, now
+            if step % config.checkpoint_every == 0:
+                checkpoint()
+            if flag.stop or time.monotonic() > deadline:
+                stopped_early = step < target
+                break
+    bar.close()
+    if step % config.checkpoint_every != 0:
+        checkpoint()
+    summary = {"step": step, "wall_seconds": wall, "stopped_early": stopped_early,
+               "out": str(out), "rectifier": str(out / "rectifier"),
+               "cache": {"hits": cache.hits, "misses": cache.misses},
+               "val_psnr_rectified": last_val, **meta}
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    return summary

@@ -1,0 +1,207 @@
+"""Rectifier reconstruction training, its trajectory cache, the rectified eval rows and the
+step-time bench (issue 4 items 3, 5, 6), all on tiny U-Nets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import save_tiny_pipeline
+from safetensors.torch import load_file
+
+from hifiedit.cli import main
+from hifiedit.diffusion import DDIMConventions, ddim_timesteps, invert
+from hifiedit.diffusion.backbone import load_backbone
+from hifiedit.errors import HifieditError
+from hifiedit.rectifier import Rectifier
+from hifiedit.train.rectifier import (
+    RectifierTrainConfig,
+    build_points,
+    chain_loss,
+    rollout,
+    train_rectifier,
+)
+from hifiedit.train.trajectories import TrajectoryCache, kept_points
+
+TINY = dict(encoder_channels=(8, 16), norm_groups=4, time_embed_dim=16, feature_dim=16,
+            branch_hidden=8, pointwise_rank=2, t0=200, step_grids=(3, 6), cache_points=4,
+            rollout_max=2, batch_size=4, warmup_steps=1, log_every=1, checkpoint_every=3,
+            eval_every=2, eval_steps=(3,), n_val_images=2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = save_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "ddpm")
+    return folder, load_backbone(folder)
+
+
+def _images(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((n, 3, 16, 16), generator=g) * 2 - 1
+
+
+def _run(tiny, out, cache, steps, **kw):
+    folder, bb = tiny
+    config = RectifierTrainConfig(**{**TINY, "max_steps": steps, **kw.pop("config", {})})
+    return train_rectifier(config, out, base=folder, backbone=bb, train_images=_images(6, 0),
+                           val_images=_images(2, 1), cache_folder=cache, progress=False, **kw)
+
+
+def test_cache_hit_is_identical_and_keyed_by_content(tiny, tmp_path):
+    _, bb = tiny
+    x = _images(3, 0)
+    cache = TrajectoryCache(tmp_path / "c", bb, t0=200, max_points=4)
+    states, kept, grid = cache.get(x, 6)
+    assert (cache.hits, cache.misses) == (0, 3)
+    assert kept == kept_points(6, 4) == [1, 3, 4, 6] and grid == ddim_timesteps(200, 6)
+    with torch.no_grad():  # the cached states are the inversion trajectory itself
+        traj = invert(bb.eps, x, grid, bb.alphas_cumprod)
+    assert torch.equal(states, torch.stack([traj.states[i] for i in kept], 1))
+    again = TrajectoryCache(tmp_path / "c", bb, t0=200, max_points=4)
+    assert torch.equal(again.get(x, 6)[0], states) and (again.hits, again.misses) == (3, 0)
+    # Another timestep grid, convention, image or model is a miss, never a stale hit.
+    misses = [TrajectoryCache(tmp_path / "c", bb, t0=199, max_points=4).get(x, 6),
+              TrajectoryCache(tmp_path / "c", bb, t0=200, max_points=4,
+                              conventions=DDIMConventions(invert_from_alpha_one=True)).get(x, 6),
+              TrajectoryCache(tmp_path / "c", bb, t0=200, max_points=4).get(x.flip(-1), 6)]
+    assert all(not torch.equal(m[0], states) for m in misses)
+    other = TrajectoryCache(tmp_path / "c", bb, t0=200, max_points=4)
+    other.get(x, 5)
+    assert other.misses == 3
+    bb2 = load_backbone(save_tiny_pipeline(tmp_path / "other"))
+    with torch.no_grad():
+        bb2.unet.conv_out.bias.add_(0.01)
+    changed = TrajectoryCache(tmp_path / "c", bb2, t0=200, max_points=4)
+    changed.get(x, 6)
+    assert changed.misses == 3
+
+
+def _fixed_loss(bb, rect, points, x0):
+    """The training loss on fixed points: a roll-out of 1 step from the top, then 1 loss step."""
+    p = points[6]
+    j = torch.full((len(x0),), 6)
+    with torch.no_grad():
+        code = rect.encode_x0(x0)
+        x, j = rollout(bb, rect, p.states[:, -1], code, p.levels, j, 1)
+        return chain_loss(bb, rect, x0, x, code, p.levels, j, 2).item()
+
+
+def test_training_lowers_the_loss(tiny, tmp_path):
+    _, bb = tiny
+    summary = _run(tiny, tmp_path / "run", tmp_path / "cache", 40,
+                   config={"lr": 3e-3, "ema_decay": 0.0, "checkpoint_every": 1000,
+                           "eval_every": 1000})
+    assert summary["step"] == 40 and summary["cache"]["misses"] == 6 * 2 + 2  # train grids + val
+    x0 = _images(6, 0)
+    config = RectifierTrainConfig(**TINY)
+    points = build_points(TrajectoryCache(tmp_path / "cache", bb, 200, max_points=4), x0, (6,), False)
+    zero = Rectifier.for_unet(bb.unet, config.rectifier_config())
+    trained = Rectifier.from_pretrained(tmp_path / "run" / "rectifier", bb.unet)
+    before, after = _fixed_loss(bb, zero, points, x0), _fixed_loss(bb, trained, points, x0)
+    assert after < 0.8 * before, (before, after)
+    log = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert log[0] == "step,loss,lr,it_per_s,val_psnr_3,wall_s" and len(log) == 41
+
+
+# Backprop through 2-step chains with the SSIM term: the most state a resume must restore.
+CHAIN = {"grad_chain_steps": 2, "ssim_weight": 0.1}
+
+
+def test_resume_continues_identically(tiny, tmp_path):
+    cache = tmp_path / "cache"
+    _run(tiny, tmp_path / "straight", cache, 5, config=CHAIN)
+    _run(tiny, tmp_path / "split", cache, 5, config=CHAIN, stop_after=3)
+    _run(tiny, tmp_path / "split", cache, 5, config=CHAIN, resume=True)
+    for group in ("model", "ema", "optimizer", "rng"):
+        a = load_file(str(tmp_path / "straight" / "checkpoint" / f"{group}.safetensors"))
+        b = load_file(str(tmp_path / "split" / "checkpoint" / f"{group}.safetensors"))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{group}/{k}"
+    a = load_file(str(tmp_path / "straight" / "rectifier" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "rectifier" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = (tmp_path / "split" / "log.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in log[1:]] == [1, 2, 3, 4, 5]
+    # The exported EMA differs from the zero start: it was trained.
+    ema = Rectifier.from_pretrained(tmp_path / "split" / "rectifier", tiny[1].unet)
+    assert any(torch.count_nonzero(b.spatial.weight) for b in ema.branches)
+
+
+def test_refuses_clobber_changed_config_and_changed_base(tiny, tmp_path):
+    cache = tmp_path / "cache"
+    _run(tiny, tmp_path / "a", cache, 1)
+    with pytest.raises(HifieditError, match="--resume"):
+        _run(tiny, tmp_path / "a", cache, 2)
+    with pytest.raises(HifieditError, match="rollout_max"):
+        _run(tiny, tmp_path / "a", cache, 2, resume=True, config={"rollout_max": 3})
+    folder, bb = tiny
+    other = load_backbone(save_tiny_pipeline(tmp_path / "other"))
+    with torch.no_grad():
+        other.unet.conv_out.bias.add_(0.01)
+    with pytest.raises(HifieditError, match="base model differs"):
+        train_rectifier(RectifierTrainConfig(**{**TINY, "max_steps": 2}), tmp_path / "a",
+                        backbone=other, train_images=_images(6, 0), cache_folder=cache,
+                        progress=False, resume=True)
+    with pytest.raises(HifieditError, match="grad_chain_steps"):
+        RectifierTrainConfig(**{**TINY, "grad_chain_steps": 4}).validate()
+
+
+def test_eval_recon_rectified_rows_plot_and_grid(tiny, tmp_path):
+    from hifiedit.eval.recon import ReconConfig, run_recon_eval
+
+    folder, bb = tiny
+    _run(tiny, tmp_path / "run", tmp_path / "cache", 2)
+    config = ReconConfig(model=str(folder), steps=(3, 6), t0=200, limit=3, grid_images=2,
+                         methods=("ddim", "rectified"), rectifier=str(tmp_path / "run" / "rectifier"))
+    report = run_recon_eval(config, json_path=tmp_path / "r.json", progress=False,
+                            backbone=bb, images=_images(4, 2))
+    assert [(r["method"], r["steps"], r["s_for"]) for r in report["rows"]] == [
+        ("ddim", 3, 3), ("ddim", 6, 6), ("rectified", 3, 3), ("rectified", 6, 6)]
+    on_disk = json.loads((tmp_path / "r.json").read_text())
+    assert on_disk["rows"] == report["rows"] and on_disk["rectifier"].endswith("rectifier")
+    from PIL import Image
+
+    assert Image.open(tmp_path / "r_psnr.png").size[0] > 100
+    # original | ddim@3 | rectified@3 | ddim@6 | rectified@6 for 2 images, 16 px tiles ×3.
+    assert Image.open(tmp_path / "r_grid.png").size == ((5 * 17 + 1) * 3, (2 * 17 + 1) * 3)
+    (tmp_path / "r2_psnr.png").touch()  # an existing figure is not overwritten without force
+    with pytest.raises(HifieditError, match="--force"):
+        run_recon_eval(config, json_path=tmp_path / "r2.json", progress=False, backbone=bb,
+                       images=_images(4, 2))
+    # A zero (identity) rectifier reproduces plain DDIM's numbers.
+    zero = Rectifier.for_unet(bb.unet, RectifierTrainConfig(**TINY).rectifier_config())
+    same = run_recon_eval(config, progress=False, backbone=bb, images=_images(4, 2), rectifier=zero)
+    for d, r in zip(same["rows"][:2], same["rows"][2:]):
+        assert r["psnr"] == pytest.approx(d["psnr"], abs=1e-3)
+
+
+def test_cli_eval_recon_rectified_needs_a_rectifier(tiny, capsys):
+    folder, _ = tiny
+    args = ["eval", "recon", "--model", str(folder), "--methods", "rectified", "--t0", "100"]
+    assert main([*args, "--rectifier", "none"]) == 1
+    assert "needs a rectifier" in capsys.readouterr().err
+    assert main([*args, "--rectifier", "/no/such/rectifier"]) == 1
+    assert "No rectifier" in capsys.readouterr().err
+
+
+def test_bench_writes_step_times(tiny, tmp_path, capsys):
+    folder, _ = tiny
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", str(folder), "--rectifier", "none", "--batches", "1,2",
+                 "--steps", "2", "--repeats", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["step_ms"]) == {"ddim", "rectified"}
+    assert set(report["step_ms"]["ddim"]) == set(report["step_ms"]["rectified"]) == {"1", "2"}
+    assert all(v > 0 for m in report["step_ms"].values() for v in m.values())
+    assert set(report["ratio"]) == {"1", "2"} and "freshly initialised" in report["rectifier"]
+    assert "CPU cores" in report["machine"]
+    assert main(["bench", "--model", str(folder), "--json", str(out)]) == 1  # no clobbering
+    assert "--force" in capsys.readouterr().err
+
+
+def test_cli_train_rectifier_reports_a_missing_base(tmp_path, capsys):
+    assert main(["train", "rectifier", "--base", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "run")]) == 1
+    assert "No model folder" in capsys.readouterr().err
