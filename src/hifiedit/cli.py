@@ -36,36 +36,20 @@ def cmd_data_openmoji(args) -> None:
 
 def cmd_train_base(args) -> None:
     from hifiedit.train.base import BaseTrainConfig, train_base
-    from hifiedit.train.config import config_from_dict, load_config
+    from hifiedit.train.run import config_for_run
 
-    overrides = {"max_steps": args.max_steps, "threads": args.threads}
-    if args.resume and args.config is None:
-        # Resuming without a config file continues the run exactly as it was configured.
-        from hifiedit.train.checkpoint import load_checkpoint
-
-        _, state = load_checkpoint(Path(args.out) / "checkpoint")
-        values = {**state["config"], **{k: v for k, v in overrides.items() if v is not None}}
-        config = config_from_dict(BaseTrainConfig, values)
-    else:
-        config = load_config(BaseTrainConfig, args.config, overrides)
+    config = config_for_run(BaseTrainConfig, args.config, args.out, args.resume,
+                            {"max_steps": args.max_steps, "threads": args.threads})
     summary = train_base(config, Path(args.out), resume=args.resume, max_minutes=args.max_minutes)
     print(json.dumps(summary))
 
 
 def cmd_train_clip(args) -> None:
     from hifiedit.train.clip import ClipTrainConfig, train_clip
-    from hifiedit.train.config import config_from_dict, load_config
+    from hifiedit.train.run import config_for_run
 
-    overrides = {"max_steps": args.max_steps, "threads": args.threads}
-    if args.resume and args.config is None:
-        # Resuming without a config file continues the run exactly as it was configured.
-        from hifiedit.train.checkpoint import load_checkpoint
-
-        _, state = load_checkpoint(Path(args.out) / "checkpoint")
-        values = {**state["config"], **{k: v for k, v in overrides.items() if v is not None}}
-        config = config_from_dict(ClipTrainConfig, values)
-    else:
-        config = load_config(ClipTrainConfig, args.config, overrides)
+    config = config_for_run(ClipTrainConfig, args.config, args.out, args.resume,
+                            {"max_steps": args.max_steps, "threads": args.threads})
     summary = train_clip(config, Path(args.out), resume=args.resume, max_minutes=args.max_minutes)
     print(json.dumps(summary))
 
@@ -111,19 +95,11 @@ def cmd_eval_recon(args) -> None:
 
 
 def cmd_train_rectifier(args) -> None:
-    from hifiedit.train.config import config_from_dict, load_config
     from hifiedit.train.rectifier import RectifierTrainConfig, train_rectifier
+    from hifiedit.train.run import config_for_run
 
-    overrides = {"max_steps": args.max_steps, "threads": args.threads}
-    if args.resume and args.config is None:
-        # Resuming without a config file continues the run exactly as it was configured.
-        from hifiedit.train.checkpoint import load_checkpoint
-
-        _, state = load_checkpoint(Path(args.out) / "checkpoint")
-        values = {**state["config"], **{k: v for k, v in overrides.items() if v is not None}}
-        config = config_from_dict(RectifierTrainConfig, values)
-    else:
-        config = load_config(RectifierTrainConfig, args.config, overrides)
+    config = config_for_run(RectifierTrainConfig, args.config, args.out, args.resume,
+                            {"max_steps": args.max_steps, "threads": args.threads})
     summary = train_rectifier(config, Path(args.out), base=args.base, resume=args.resume,
                               max_minutes=args.max_minutes)
     print(json.dumps(summary))

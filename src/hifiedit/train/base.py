@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import csv
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from hifiedit.train.checkpoint import (
     save_checkpoint,
 )
 from hifiedit.train.config import require
+from hifiedit.train.run import StopFlag, check_same_config, prepare_run_dir, trim_log
 
 # Fields that may differ when resuming: they change how long and how visibly we train, not what.
 RESUMABLE_OVERRIDES = {"max_steps", "log_every", "checkpoint_every", "sample_every", "eval_every",
@@ -182,24 +182,6 @@ def export_model(ema_unet, config: BaseTrainConfig, folder: Path) -> None:
         DDPMPipeline(unet=ema_unet, scheduler=build_scheduler(config)).save_pretrained(tmp)
 
 
-class _StopFlag:
-    """SIGTERM/SIGINT ask the loop to checkpoint and stop, instead of killing it mid-write."""
-
-    def __init__(self):
-        self.stop = False
-
-    def __enter__(self):
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-        return self
-
-    def _handle(self, *_):
-        self.stop = True
-
-    def __exit__(self, *_):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
 def _load_data(config: BaseTrainConfig):
     from hifiedit.data.openmoji import load_openmoji
 
@@ -222,30 +204,13 @@ def train_base(
     from tqdm import tqdm
 
     out = Path(out)
-    ckpt_dir = out / "checkpoint"
-    has_ckpt = (ckpt_dir / "state.json").is_file() or (out / "checkpoint.old").is_dir()
-    if has_ckpt and not resume:
-        raise HifieditError(f"{out} already holds a checkpoint: pass --resume to continue it, "
-                            "or choose another --out.")
-    if resume and not has_ckpt:
-        raise HifieditError(f"--resume given but {ckpt_dir} holds no checkpoint.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ".write_test").write_text("ok")
-        (out / ".write_test").unlink()
-    except OSError as e:
-        raise HifieditError(f"Cannot write to {out}: {e.strerror or e}.") from e
+    ckpt_dir = prepare_run_dir(out, resume)
 
     step, wall = 0, 0.0
     saved = None
     if resume:
         saved, state = load_checkpoint(ckpt_dir)
-        old = state["config"]
-        changed = sorted(k for k, v in asdict(config).items()  # fields added later are skipped
-                         if k in old and k not in RESUMABLE_OVERRIDES and _norm(old[k]) != _norm(v))
-        if changed:
-            raise HifieditError(f"Cannot resume with a different config: {changed} changed "
-                                f"(only {sorted(RESUMABLE_OVERRIDES)} may).")
+        check_same_config(state["config"], config, RESUMABLE_OVERRIDES)
         step, wall = state["step"], state["wall_seconds"]
 
     if config.threads:
@@ -270,7 +235,7 @@ def train_base(
         gen.set_state(saved["rng"]["generator"])
 
     log_path = out / "log.csv"
-    _trim_log(log_path, step)
+    trim_log(log_path, step)
     n_params = sum(p.numel() for p in unet.parameters())
     target = min(config.max_steps, stop_after or config.max_steps)
     deadline = time.monotonic() + 60 * max_minutes if max_minutes else math.inf
@@ -291,7 +256,7 @@ def train_base(
                dynamic_ncols=True)
     window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
     stopped_early = False
-    with _StopFlag() as flag, open(log_path, "a", newline="") as log_file:
+    with StopFlag() as flag, open(log_path, "a", newline="") as log_file:
         log = csv.writer(log_file)
         if log_path.stat().st_size == 0:
             log.writerow(["step", "loss", "lr", "img_per_s", "heldout_loss", "wall_s"])
@@ -346,16 +311,3 @@ def train_base(
     return {"step": step, "wall_seconds": wall, "n_params": n_params,
             "stopped_early": stopped_early, "out": str(out)}
 
-
-def _norm(v):
-    return list(v) if isinstance(v, (list, tuple)) else v
-
-
-def _trim_log(path: Path, step: int) -> None:
-    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
-    if not path.is_file():
-        return
-    rows = list(csv.reader(path.open()))
-    keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step] if rows else []
-    with path.open("w", newline="") as f:
-        csv.writer(f).writerows(keep)

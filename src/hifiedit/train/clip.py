@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from hifiedit.errors import HifieditError
 from hifiedit.runtime import atomic_folder, machine_description, write_text_atomic
-from hifiedit.train.base import _norm, _StopFlag, _trim_log
+from hifiedit.train.run import StopFlag, check_same_config, prepare_run_dir, trim_log
 from hifiedit.train.checkpoint import (
     check_model_state,
     load_checkpoint,
@@ -306,23 +306,6 @@ def clip_step_loss(model, tokenizer, images, captions, idx, mean, std, image_siz
 # ---------------------------------------------------------------- training
 
 
-def _check_out(out: Path, resume: bool) -> Path:
-    ckpt_dir = out / "checkpoint"
-    has_ckpt = (ckpt_dir / "state.json").is_file() or (out / "checkpoint.old").is_dir()
-    if has_ckpt and not resume:
-        raise HifieditError(f"{out} already holds a checkpoint: pass --resume to continue it, "
-                            "or choose another --out.")
-    if resume and not has_ckpt:
-        raise HifieditError(f"--resume given but {ckpt_dir} holds no checkpoint.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ".write_test").write_text("ok")
-        (out / ".write_test").unlink()
-    except OSError as e:
-        raise HifieditError(f"Cannot write to {out}: {e.strerror or e}.") from e
-    return ckpt_dir
-
-
 def _lr(config: ClipTrainConfig, step: int) -> float:
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
@@ -375,16 +358,11 @@ def _train_clip(
 
     from hifiedit.guidance.clip import OPENAI_MEAN, OPENAI_STD
 
-    ckpt_dir = _check_out(out, resume)
+    ckpt_dir = prepare_run_dir(out, resume)
     step, wall, saved, state = 0, 0.0, None, None
     if resume:
         saved, state = load_checkpoint(ckpt_dir)
-        old = state["config"]
-        changed = sorted(k for k, v in asdict(config).items()
-                         if k in old and k not in RESUMABLE_OVERRIDES and _norm(old[k]) != _norm(v))
-        if changed:
-            raise HifieditError(f"Cannot resume with a different config: {changed} changed "
-                                f"(only {sorted(RESUMABLE_OVERRIDES)} may).")
+        check_same_config(state["config"], config, RESUMABLE_OVERRIDES)
         step, wall = state["step"], state["wall_seconds"]
 
     if data is None:
@@ -419,7 +397,7 @@ def _train_clip(
     mean, std = torch.tensor(OPENAI_MEAN), torch.tensor(OPENAI_STD)
 
     log_path = out / "log.csv"
-    _trim_log(log_path, step)
+    trim_log(log_path, step)
     n_params = sum(p.numel() for p in model.parameters())
     target = min(config.max_steps, stop_after or config.max_steps)
     deadline = time.monotonic() + 60 * max_minutes if max_minutes else math.inf
@@ -440,7 +418,7 @@ def _train_clip(
                dynamic_ncols=True)
     window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
     stopped_early = False
-    with _StopFlag() as flag, open(log_path, "a", newline="") as log_file:
+    with StopFlag() as flag, open(log_path, "a", newline="") as log_file:
         log = csv.writer(log_file)
         if log_path.stat().st_size == 0:
             log.writerow(["step", "loss", "lr", "logit_scale", "img_per_s", "val_skin_tone_acc",

@@ -39,7 +39,8 @@ from hifiedit.diffusion.ddim import ddim_step, generate, predict_x0
 from hifiedit.errors import HifieditError
 from hifiedit.rectifier import Rectifier, RectifierConfig, rectified_eps, rectified_eps_fn
 from hifiedit.runtime import machine_description, write_text_atomic
-from hifiedit.train.base import _norm, _StopFlag, _trim_log, ema_update
+from hifiedit.train.base import ema_update
+from hifiedit.train.run import StopFlag, check_same_config, prepare_run_dir, trim_log
 from hifiedit.train.checkpoint import (
     check_model_state,
     load_checkpoint,
@@ -216,31 +217,9 @@ def heldout_psnr(backbone, rectifier, images, cache: TrajectoryCache, steps) -> 
 # --------------------------------------------------------------------------- the run
 
 
-def _check_out(out: Path, resume: bool) -> Path:
-    ckpt_dir = out / "checkpoint"
-    has_ckpt = (ckpt_dir / "state.json").is_file() or (out / "checkpoint.old").is_dir()
-    if has_ckpt and not resume:
-        raise HifieditError(f"{out} already holds a checkpoint: pass --resume to continue it, "
-                            "or choose another --out.")
-    if resume and not has_ckpt:
-        raise HifieditError(f"--resume given but {ckpt_dir} holds no checkpoint.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ".write_test").write_text("ok")
-        (out / ".write_test").unlink()
-    except OSError as e:
-        raise HifieditError(f"Cannot write to {out}: {e.strerror or e}.") from e
-    return ckpt_dir
-
-
 def _resume_state(ckpt_dir: Path, config: RectifierTrainConfig, digest: str):
     saved, state = load_checkpoint(ckpt_dir)
-    old = state["config"]
-    changed = sorted(k for k, v in asdict(config).items()
-                     if k in old and k not in RESUMABLE_OVERRIDES and _norm(old[k]) != _norm(v))
-    if changed:
-        raise HifieditError(f"Cannot resume with a different config: {changed} changed "
-                            f"(only {sorted(RESUMABLE_OVERRIDES)} may).")
+    check_same_config(state["config"], config, RESUMABLE_OVERRIDES)
     if state.get("base_digest") != digest:
         raise HifieditError(f"Cannot resume: the base model differs from the one this run "
                             f"trained against ({state.get('base')}).")
@@ -295,7 +274,7 @@ def _train(config: RectifierTrainConfig, out: Path, base, resume: bool = False,
     from hifiedit.diffusion.backbone import load_backbone
 
     config.validate()
-    ckpt_dir = _check_out(out, resume)
+    ckpt_dir = prepare_run_dir(out, resume)
     backbone = backbone or load_backbone(base)
     require(config.t0 < backbone.num_train_timesteps,
             f"t0={config.t0} is beyond the base model's {backbone.num_train_timesteps} steps.")
@@ -327,7 +306,7 @@ def _train(config: RectifierTrainConfig, out: Path, base, resume: bool = False,
     has_val = val_images is not None and len(val_images) > 0
     plain = heldout_psnr(backbone, None, val_images, cache, config.eval_steps) if has_val else {}
     log_path = out / "log.csv"
-    _trim_log(log_path, step)
+    trim_log(log_path, step)
     n_params = sum(p.numel() for p in rect.parameters())
     target = min(config.max_steps, stop_after or config.max_steps)
     deadline = time.monotonic() + 60 * max_minutes if max_minutes else math.inf
@@ -349,7 +328,7 @@ def _train(config: RectifierTrainConfig, out: Path, base, resume: bool = False,
                dynamic_ncols=True)
     window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
     stopped_early, last_val = False, {}
-    with _StopFlag() as flag, open(log_path, "a", newline="") as log_file:
+    with StopFlag() as flag, open(log_path, "a", newline="") as log_file:
         log = csv.writer(log_file)
         if log_path.stat().st_size == 0:
             log.writerow(["step", "loss", "lr", "it_per_s",

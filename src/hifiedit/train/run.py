@@ -1,0 +1,83 @@
+"""What every trainer shares around its loop: the run folder, resume checks, the CSV log and
+clean stops. Trainers import this; nothing in the library imports trainers (STYLE lesson 12)."""
+
+from __future__ import annotations
+
+import csv
+import signal
+from dataclasses import asdict
+from pathlib import Path
+
+from hifiedit.errors import HifieditError
+
+
+def prepare_run_dir(out: Path, resume: bool) -> Path:
+    """Check `out` before any work: refuse to clobber a run without --resume, refuse --resume
+    with nothing to resume, and make sure the folder is writable. Returns the checkpoint path."""
+    out = Path(out)
+    ckpt_dir = out / "checkpoint"
+    has_ckpt = (ckpt_dir / "state.json").is_file() or (out / "checkpoint.old").is_dir()
+    if has_ckpt and not resume:
+        raise HifieditError(f"{out} already holds a checkpoint: pass --resume to continue it, "
+                            "or choose another --out.")
+    if resume and not has_ckpt:
+        raise HifieditError(f"--resume given but {ckpt_dir} holds no checkpoint.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write_test").write_text("ok")
+        (out / ".write_test").unlink()
+    except OSError as e:
+        raise HifieditError(f"Cannot write to {out}: {e.strerror or e}.") from e
+    return ckpt_dir
+
+
+def check_same_config(saved: dict, config, may_change: set[str]) -> None:
+    """Resuming must not silently change what is trained. Fields added to the config class
+    after the checkpoint was written are skipped (they take their defaults)."""
+    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731 (JSON lists)
+    changed = sorted(k for k, v in asdict(config).items()
+                     if k in saved and k not in may_change and norm(saved[k]) != norm(v))
+    if changed:
+        raise HifieditError(f"Cannot resume with a different config: {changed} changed "
+                            f"(only {sorted(may_change)} may).")
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
+    if not path.is_file():
+        return
+    rows = list(csv.reader(path.open()))
+    keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step] if rows else []
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(keep)
+
+
+class StopFlag:
+    """SIGTERM/SIGINT ask the loop to checkpoint and stop, instead of killing it mid-write."""
+
+    def __init__(self):
+        self.stop = False
+
+    def __enter__(self):
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def _handle(self, *_):
+        self.stop = True
+
+    def __exit__(self, *_):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def config_for_run(cls, config_file: Path | None, out: Path, resume: bool, overrides: dict):
+    """The config of a `train …` command: the file plus overrides; or, when resuming without
+    a file, the run's own saved config (plus overrides), so a resume continues as configured."""
+    from hifiedit.train.checkpoint import load_checkpoint
+    from hifiedit.train.config import config_from_dict, load_config
+
+    if resume and config_file is None:
+        _, state = load_checkpoint(Path(out) / "checkpoint")
+        values = {**state["config"], **{k: v for k, v in overrides.items() if v is not None}}
+        return config_from_dict(cls, values)
+    return load_config(cls, config_file, overrides)
