@@ -41,7 +41,7 @@ def plot_losses(log_csv: Path, path: Path) -> None:
 def _table(report: dict) -> str:
     lines = ["| method | S_for | S_gen | MAE | PSNR (dB) | SSIM |", "|---|---|---|---|---|---|"]
     for r in report["rows"]:
-        s_for = r["s_for"] if r["method"] == "ddim" else "– (noise)"
+        s_for = "– (noise)" if r["method"] == "sdedit" else r["s_for"]
         lines.append(f"| {r['method']} | {s_for} | {r['steps']} | {r['mae']:.4f} | "
                      f"{r['psnr']:.2f} | {r['ssim']:.3f} |")
     return "\n".join(lines)
