@@ -34,8 +34,28 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 1, scale
     return img
 
 
-def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, scale: int = 1) -> Path:
+def label_rows(img, labels: list[str], row_height: int, pad: int = 1):
+    """Prefix each grid row with a text label (Pillow's built-in font), so a picture says
+    what each row is without the README beside it."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    width = 8 + max(int(ImageDraw.Draw(img).textlength(t, font=font)) for t in labels)
+    out = Image.new(img.mode, (img.width + width, img.height), "white")
+    out.paste(img, (width, 0))
+    draw = ImageDraw.Draw(out)
+    for i, text in enumerate(labels):
+        y = pad + i * (row_height + pad) + row_height // 2
+        draw.text((4, y), text, fill="black", font=font, anchor="lm")
+    return out
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, scale: int = 1,
+              row_labels: list[str] | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    make_grid(images, nrow=nrow, scale=scale).save(path)
+    img = make_grid(images, nrow=nrow, scale=scale)
+    if row_labels:
+        img = label_rows(img, row_labels, images.shape[-2] * scale, pad=scale)
+    img.save(path)
     return path

@@ -177,7 +177,8 @@ def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
         from hifiedit.eval.grids import save_grid
 
         grid_rows = [originals, *firsts.values()]
-        save_grid(torch.cat(grid_rows), grid_path, nrow=len(originals), scale=3)
+        labels = ["original"] + [f"{m}@{s}" for m, s in firsts]
+        save_grid(torch.cat(grid_rows), grid_path, nrow=len(originals), scale=3, row_labels=labels)
     if plot_path is not None:
         plot_psnr_vs_steps(report, plot_path)
         report["plot"] = str(plot_path)
