@@ -105,6 +105,40 @@ def cmd_train_rectifier(args) -> None:
     print(json.dumps(summary))
 
 
+def cmd_train_edit(args) -> None:
+    from hifiedit.train.edit import EditTrainConfig, train_edit
+    from hifiedit.train.run import config_for_run
+
+    overrides = {"src": args.src, "tgt": args.tgt, "method": args.method,
+                 "markovian_variant": args.markovian_variant, "rectifier": args.rectifier,
+                 "clip": args.clip, "images": args.images, "image_dir": args.image_dir,
+                 "t0": args.t0, "s_for": args.s_for, "s_train": args.s_train, "iters": args.iters,
+                 "lr": args.lr, "w_dir": args.w_dir, "w_l1": args.w_l1,
+                 "batch_size": args.batch_size, "param_method": args.params, "rank": args.rank,
+                 "threads": args.threads}
+    config = config_for_run(EditTrainConfig, args.config, args.out, args.resume, overrides)
+    summary = train_edit(config, Path(args.out), base=args.base, resume=args.resume,
+                         max_minutes=args.max_minutes)
+    print(json.dumps(summary))
+
+
+def cmd_edit(args) -> None:
+    from hifiedit.edit import load_edit
+    from hifiedit.edit.apply import edit_paths, plan_outputs
+    from hifiedit.pipeline import HifiEditPipeline
+
+    plan_outputs(args.input, args.output, args.force)  # fail before any model work
+    pipe = HifiEditPipeline.from_pretrained(args.model, rectifier=args.rectifier)
+    edits = [load_edit(e, pipe.backbone) for e in args.edit]
+    if pipe.rectifier is None and any(e.rectified for e in edits):
+        print("note: the edit was trained with a rectifier but none is loaded; editing "
+              "without it", file=sys.stderr)
+    written = edit_paths(pipe, edits, Path(args.input), Path(args.output), steps=args.steps,
+                         t0=args.t0, s_for=args.s_for, force=args.force, crop=args.crop,
+                         progress=True)
+    print(f"wrote {written[0] if len(written) == 1 else f'{len(written)} images to {args.output}'}")
+
+
 def cmd_bench(args) -> None:
     from hifiedit.eval.bench import format_bench, run_bench
 
@@ -178,6 +212,34 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--threads", type=int)
     tr.set_defaults(func=cmd_train_rectifier)
 
+    te = train.add_parser("edit", help="train a text edit: score-matching (ours) or markovian "
+                                       "(DiffusionCLIP)")
+    te.add_argument("--src", help="source text, e.g. 'light skin tone'")
+    te.add_argument("--tgt", help="target text, e.g. 'dark skin tone'")
+    te.add_argument("--method", choices=["score-matching", "markovian"])
+    te.add_argument("--markovian-variant", choices=["full", "efficient"])
+    te.add_argument("--rectifier", help="default, none, or a rectifier folder")
+    te.add_argument("--clip", help="the guiding CLIP: default or a CLIPModel folder")
+    te.add_argument("--images", type=int, help="N training images (0 = all)")
+    te.add_argument("--image-dir", help="train on these images instead of OpenMoji")
+    te.add_argument("--t0", type=int)
+    te.add_argument("--s-for", type=int, help="inversion steps")
+    te.add_argument("--s-train", type=int, help="Markovian generation steps")
+    te.add_argument("--iters", type=int)
+    te.add_argument("--lr", type=float)
+    te.add_argument("--w-dir", type=float, help="directional CLIP loss weight")
+    te.add_argument("--w-l1", type=float, help="L1 loss weight")
+    te.add_argument("--batch-size", type=int)
+    te.add_argument("--params", choices=["lora", "subset", "full"], help="how ψ is parametrised")
+    te.add_argument("--rank", type=int, help="LoRA rank")
+    te.add_argument("--base", default="default", help="default, a shipped name, or a model folder")
+    te.add_argument("--config", type=Path, help="JSON file of EditTrainConfig fields")
+    te.add_argument("--out", required=True)
+    te.add_argument("--resume", action="store_true")
+    te.add_argument("--max-minutes", type=float)
+    te.add_argument("--threads", type=int)
+    te.set_defaults(func=cmd_train_edit)
+
     rel = sub.add_parser("release", help="ship a trained model with a model card")
     rel_sub = rel.add_subparsers(dest="what", required=True)
     rb = rel_sub.add_parser("base")
@@ -241,6 +303,20 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("-o", "--output", required=True)
     rec.add_argument("--force", action="store_true", help="overwrite --output")
     rec.set_defaults(func=cmd_reconstruct)
+
+    ed = sub.add_parser("edit", help="edit an image or a folder of images with trained edits")
+    ed.add_argument("input", help="an image file or a folder of images")
+    ed.add_argument("--edit", action="append", required=True,
+                    help="a shipped edit name or an edit folder; repeat to mix several")
+    ed.add_argument("--steps", type=int, required=True, help="generation steps S_gen")
+    ed.add_argument("--t0", type=int, help="default: the t0 the edit was trained at")
+    ed.add_argument("--s-for", type=int, help="inversion steps (default: --steps)")
+    ed.add_argument("--model", default="default")
+    ed.add_argument("--rectifier", default="default", help="default, a folder, or none")
+    ed.add_argument("--crop", action="store_true", help="centre-crop non-square images")
+    ed.add_argument("-o", "--output", required=True, help="a file, or a folder for a folder input")
+    ed.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    ed.set_defaults(func=cmd_edit)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default")
     demo.add_argument("--out", default="outputs/demo")

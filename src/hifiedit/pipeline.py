@@ -88,16 +88,53 @@ class HifiEditPipeline:
                  unet: torch.nn.Module | None = None, progress: bool = False) -> Trajectory:
         """DDIM generation from x_t0. With a rectifier and the original images `x0`, every
         step is rectified towards x0 (DESIGN §1); `unet` swaps in edited weights ψ."""
-        x_t0, timesteps = self._check(x_t0), self.timesteps(t0, steps)
+        x_t0 = self._check(x_t0)
+        return self._generate(self.eps_fn(x0, unet), x_t0, t0, steps, progress)
+
+    def eps_fn(self, x0: torch.Tensor | None = None, unet: torch.nn.Module | None = None):
+        """The ε-callable of generation: θ or ψ (`unet`), rectified towards `x0` when this
+        pipeline has a rectifier and `x0` is given."""
         if self.rectifier is not None and x0 is not None:
             from hifiedit.rectifier import rectified_eps_fn
 
-            eps_fn = rectified_eps_fn(self.backbone, self.rectifier, self._check(x0), unet=unet)
-        else:
-            eps_fn = (lambda x, t: self.backbone.eps(x, t, unet=unet)) if unet else self.backbone.eps
+            return rectified_eps_fn(self.backbone, self.rectifier, self._check(x0), unet=unet)
+        return (lambda x, t: self.backbone.eps(x, t, unet=unet)) if unet else self.backbone.eps
+
+    def _generate(self, eps_fn, x_t0: torch.Tensor, t0: int, steps: int, progress: bool) -> Trajectory:
+        timesteps = self.timesteps(t0, steps)
         with _progress(progress, steps, "generate") as cb:
             return generate(eps_fn, x_t0, timesteps, self.backbone.alphas_cumprod,
                             self.conventions, callback=cb)
+
+    @torch.no_grad()
+    def edit(self, x0: torch.Tensor, edits, steps: int, t0: int | None = None,
+             s_for: int | None = None, rectify: bool | None = None,
+             progress: bool = False) -> torch.Tensor:
+        """Edit images (DESIGN §1, "Inference"): invert x0 with θ (S_for steps, default
+        `steps`), generate with the edited ψ modulated by R(x0, ·) at `steps` steps.
+
+        `edits`: one :class:`~hifiedit.edit.Edit` or several; several are applied at once by
+        DiffusionCLIP's noise mixing, the mean of their ε at every step. `t0` defaults to the
+        edits' training t0 (which must then agree). `rectify` defaults to how the edits were
+        trained; it needs this pipeline to hold a rectifier.
+        """
+        edits = list(edits) if isinstance(edits, (list, tuple)) else [edits]
+        if not edits:
+            raise HifieditError("edit() needs at least one edit.")
+        if t0 is None:
+            if len({e.t0 for e in edits}) > 1:
+                raise HifieditError(f"the edits were trained at different t0 "
+                                    f"({sorted({e.t0 for e in edits})}); pass t0.")
+            t0 = edits[0].t0
+        if rectify is None:
+            rectify = all(e.rectified for e in edits) and self.rectifier is not None
+        if rectify and self.rectifier is None:
+            raise HifieditError("rectified editing needs a rectifier; load the pipeline with one.")
+        x0 = self._check(x0)
+        fns = [self.eps_fn(x0 if rectify else None, e.unet(self.backbone)) for e in edits]
+        eps_fn = fns[0] if len(fns) == 1 else (lambda x, t: torch.stack([f(x, t) for f in fns]).mean(0))
+        x_t0 = self.invert(x0, t0, s_for or steps, progress).final
+        return self._generate(eps_fn, x_t0, t0, steps, progress).final
 
     @torch.no_grad()
     def reconstruct(self, x0: torch.Tensor, steps: int, t0: int = 400, s_for: int | None = None,

@@ -46,9 +46,13 @@ METHODS = ("grouped", "vmap")
 
 def modulated_weights(unet: nn.Module, deltas: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """{name: θ ⊙ (1 + Δ)} for Δ (B, *θ.shape): the one place where weights and offsets merge.
-    Computed as θ + θ·Δ in one fused op (exactly θ where Δ = 0)."""
-    params = dict(unet.named_parameters())
-    unknown = [n for n in deltas if n not in params]
+    Computed as θ + θ·Δ in one fused op (exactly θ where Δ = 0).
+
+    θ is read as the module attribute, not from ``named_parameters()``: for low-rank edit
+    parameters ψ (:mod:`hifiedit.edit.params`) ``conv.weight`` is a parametrization θ + BA
+    whose graph must reach the adapters, and is listed under another name."""
+    params = {n: _current(unet, n) for n in deltas}
+    unknown = [n for n, p in params.items() if p is None]
     if unknown:
         raise HifieditError(f"offsets for parameters the U-Net does not have: {unknown[:4]}")
     out = {}
@@ -59,6 +63,15 @@ def modulated_weights(unet: nn.Module, deltas: Mapping[str, torch.Tensor]) -> di
                                 f"expected (B, *{tuple(theta.shape)}).")
         out[name] = torch.addcmul(theta, theta, delta)
     return out
+
+
+def _current(unet: nn.Module, name: str) -> torch.Tensor | None:
+    path, attr = name.rsplit(".", 1)
+    try:
+        value = getattr(unet.get_submodule(path), attr)
+    except AttributeError:
+        return None
+    return value if isinstance(value, torch.Tensor) else None
 
 
 @contextlib.contextmanager

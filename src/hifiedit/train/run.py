@@ -3,6 +3,7 @@ clean stops. Trainers import this; nothing in the library imports trainers (STYL
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import signal
 from dataclasses import asdict
@@ -50,6 +51,20 @@ def trim_log(path: Path, step: int) -> None:
     keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step] if rows else []
     with path.open("w", newline="") as f:
         csv.writer(f).writerows(keep)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with `n` intra-op threads (0 = leave PyTorch's setting), then restore it."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class StopFlag:

@@ -1,0 +1,13 @@
+"""Edit parameters ψ and trained edits (DESIGN §1, "Editing training"; issue 5)."""
+
+from hifiedit.edit.params import (
+    Edit,
+    EditParams,
+    EditParamsConfig,
+    edited_layers,
+    load_edit,
+    resolve_edit_path,
+)
+
+__all__ = ["Edit", "EditParams", "EditParamsConfig", "edited_layers", "load_edit",
+           "resolve_edit_path"]

@@ -1,0 +1,295 @@
+"""Edit parameters ψ, edit checkpoints, both edit trainers, `pipeline.edit` and `hifiedit edit`
+(issue 5 items 1–3), on a tiny U-Net and a tiny random CLIP."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import save_tiny_pipeline
+from PIL import Image
+from safetensors.torch import load_file
+from test_guidance import _tiny_clip, _tiny_tokenizer
+
+from hifiedit.cli import main
+from hifiedit.diffusion.backbone import load_backbone
+from hifiedit.edit import Edit, EditParams, EditParamsConfig, load_edit
+from hifiedit.errors import HifieditError
+from hifiedit.pipeline import HifiEditPipeline
+from hifiedit.rectifier import Rectifier, RectifierConfig, rectified_eps
+from hifiedit.train.edit import STEPS, EditTrainConfig, build_task, source_attribute, train_edit
+from hifiedit.train.trajectories import model_digest
+
+RECT = RectifierConfig(encoder_channels=(8, 16), norm_groups=4, time_embed_dim=16,
+                       feature_dim=16, branch_hidden=8, pointwise_rank=2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = save_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "ddpm")
+    return folder, load_backbone(folder)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clip")
+    tokenizer = _tiny_tokenizer()
+    _tiny_clip(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _nonzero_rectifier(unet, seed=0):
+    """A rectifier whose offsets are small but not zero, so that ψ ⊙ (1 + R) ≠ ψ."""
+    rect = Rectifier.for_unet(unet, RECT)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for b in rect.branches:
+            b.spatial.weight.copy_(torch.randn(b.spatial.weight.shape, generator=g) * 0.05)
+    return rect.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def rect_dir(tiny, tmp_path_factory):
+    return _nonzero_rectifier(tiny[1].unet).save_pretrained(tmp_path_factory.mktemp("r") / "rect")
+
+
+def _images(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((n, 3, 16, 16), generator=g) * 2 - 1
+
+
+def _randomise(params: EditParams, seed=1, scale=0.05):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in params.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+TINY = dict(src="light skin tone", tgt="dark skin tone", t0=200, s_for=6, s_train=3,
+            batch_size=3, rank=2, alpha=2.0, log_every=1, checkpoint_every=1000)
+
+
+def _config(clip_dir, rect, **kw):
+    return EditTrainConfig(**{**TINY, "clip": str(clip_dir), "rectifier": str(rect), **kw})
+
+
+def _run(tiny, out, cache, config, **kw):
+    folder, bb = tiny
+    return train_edit(config, out, base=folder, backbone=bb, train_images=_images(5, 0),
+                      cache_folder=cache, progress=False, **kw)
+
+
+# ------------------------------------------------------------------ ψ
+
+
+@pytest.mark.parametrize("method", ["lora", "subset", "full"])
+def test_zero_edit_is_theta_and_gradients_reach_the_offsets(tiny, method):
+    _, bb = tiny
+    config = EditParamsConfig(method=method, rank=2, targets=("up_blocks.1.", "mid_block."))
+    params = EditParams.for_unet(bb.unet, config)
+    psi = params.as_unet(bb.unet)
+    x, t = _images(2, 3), torch.tensor([10, 150])
+    with torch.no_grad():
+        torch.testing.assert_close(bb.eps(x, t, unet=psi), bb.eps(x, t), rtol=0, atol=0)
+    # Plain ψ and ψ modulated by a rectifier whose P_t comes from θ (DESIGN §1).
+    rect = _nonzero_rectifier(bb.unet)
+    for eps in (bb.eps(x, t, unet=psi), rectified_eps(bb, rect, x, t, rect.encode_x0(x), unet=psi)):
+        params.zero_grad()
+        eps.square().sum().backward()
+        grads = [p.grad for p in params.parameters() if p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads)
+    assert not any(p.requires_grad for p in bb.unet.parameters())  # θ stays frozen
+    names = list(params.layers)
+    if method == "lora":
+        assert all(n.startswith(("up_blocks.1.", "mid_block.")) and n.endswith("weight") for n in names)
+    elif method == "subset":
+        assert any(n.endswith("bias") for n in names) and all(
+            n.startswith(("up_blocks.1.", "mid_block.")) for n in names)
+    else:
+        assert len(names) == len(list(bb.unet.parameters()))
+    # The weights dict for functional_call is the same ψ.
+    _randomise(params)
+    from torch.func import functional_call
+
+    with torch.no_grad():
+        ref = bb.eps(x, t, unet=psi)
+        torch.testing.assert_close(functional_call(bb.unet, params.weights(bb.unet), (x, t)).sample, ref)
+
+
+def test_edit_checkpoint_round_trip_size_and_base_check(tiny, tmp_path):
+    _, bb = tiny
+    params = EditParams.for_unet(bb.unet, EditParamsConfig(rank=3))
+    _randomise(params)
+    info = {"src": "light skin tone", "tgt": "dark skin tone", "method": "score-matching",
+            "t0": 200, "steps": 7, "rectifier": None}
+    Edit(params, model_digest(bb), info).save_pretrained(tmp_path / "e")
+    loaded = Edit.from_pretrained(tmp_path / "e", bb)
+    assert loaded.info == info and loaded.t0 == 200 and not loaded.rectified
+    a, b = params.tensors(), loaded.params.tensors()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    x, t = _images(2, 4), torch.tensor([5, 100])
+    with torch.no_grad():
+        assert torch.equal(bb.eps(x, t, unet=loaded.unet(bb)), bb.eps(x, t, unet=params.as_unet(bb.unet)))
+    # Only the offsets are stored: 4 bytes a number plus the safetensors header.
+    size = (tmp_path / "e" / "edit.safetensors").stat().st_size
+    assert params.n_params * 4 < size <= params.n_params * 4 + 100 * len(a) + 1024
+    cfg = json.loads((tmp_path / "e" / "config.json").read_text())
+    assert cfg["base_digest"] == model_digest(bb) and cfg["params"]["rank"] == 3
+    # Another base model (same architecture, other weights) is refused, here and in edit().
+    other = load_backbone(save_tiny_pipeline(tmp_path / "other"))
+    with torch.no_grad():
+        other.unet.conv_out.bias.add_(0.01)
+    with pytest.raises(HifieditError, match="another base model"):
+        Edit.from_pretrained(tmp_path / "e", other)
+    with pytest.raises(HifieditError, match="another base model"):
+        HifiEditPipeline(other).edit(_images(1, 0), loaded, steps=2)
+    # A missing or extra tensor is named, never loaded loosely.
+    tensors = load_file(str(tmp_path / "e" / "edit.safetensors"))
+    tensors.pop(next(iter(tensors)))
+    with pytest.raises(HifieditError, match="missing"):
+        loaded.params.load_tensors(tensors)
+    with pytest.raises(HifieditError, match="No edit"):
+        load_edit(tmp_path / "nope")
+
+
+def test_default_lora_edit_of_the_default_unet_is_under_2mb(tmp_path):
+    from hifiedit.edit.params import MAX_DEFAULT_CHECKPOINT_BYTES
+
+    bb = load_backbone("default")
+    params = EditParams.for_unet(bb.unet, EditTrainConfig(src="a", tgt="b").params_config())
+    Edit(params, "0" * 64, {}).save_pretrained(tmp_path / "e")
+    size = (tmp_path / "e" / "edit.safetensors").stat().st_size
+    assert params.n_params * 4 < size <= MAX_DEFAULT_CHECKPOINT_BYTES, size
+
+
+# ------------------------------------------------------------------ training
+
+
+def _fixed_loss(task, method):
+    """The training loss of one fixed draw (the gradients it leaves are discarded)."""
+    loss = STEPS[method](task, torch.Generator().manual_seed(123))
+    task.psi.zero_grad(set_to_none=True)
+    return loss
+
+
+@pytest.mark.parametrize("method, variant, rectified", [
+    ("score-matching", "full", True), ("markovian", "full", False), ("markovian", "efficient", True)])
+def test_trainers_lower_their_loss(tiny, clip_dir, rect_dir, tmp_path, method, variant, rectified):
+    _, bb = tiny
+    config = _config(clip_dir, rect_dir if rectified else "none", method=method,
+                     markovian_variant=variant, iters=25, lr=2e-2)
+    summary = _run(tiny, tmp_path / "run", tmp_path / "cache", config)
+    assert summary["step"] == 25 and summary["s_per_iter"] > 0
+    assert summary["rectifier"] == (str(rect_dir) if rectified else None)
+    task, params, _ = build_task(config, bb, _images(5, 0), tmp_path / "cache")
+    before = _fixed_loss(task, method)
+    edit = Edit.from_pretrained(tmp_path / "run" / "edit", bb)
+    params.load_tensors(edit.params.tensors())
+    after = _fixed_loss(task, method)
+    assert after < 0.8 * before, (before, after)
+    assert edit.info["method"] == method and edit.info["steps"] == 25 and edit.rectified == rectified
+    assert edit.info["train_s_per_iter"] > 0 and edit.info["src"] == "light skin tone"
+    log = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert log[0] == "step,loss,s_per_iter,wall_s" and len(log) == 26
+    assert all(float(r.split(",")[2]) > 0 for r in log[1:])
+
+
+def test_resume_continues_identically(tiny, clip_dir, rect_dir, tmp_path):
+    config = _config(clip_dir, rect_dir, iters=4, lr=1e-2)
+    cache = tmp_path / "cache"
+    _run(tiny, tmp_path / "straight", cache, config)
+    _run(tiny, tmp_path / "split", cache, config, stop_after=2)
+    _run(tiny, tmp_path / "split", cache, config, resume=True)
+    for group in ("edit", "optimizer", "rng"):
+        a = load_file(str(tmp_path / "straight" / "checkpoint" / f"{group}.safetensors"))
+        b = load_file(str(tmp_path / "split" / "checkpoint" / f"{group}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), group
+    log = (tmp_path / "split" / "log.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in log[1:]] == [1, 2, 3, 4]
+    with pytest.raises(HifieditError, match="--resume"):
+        _run(tiny, tmp_path / "split", cache, config)
+    with pytest.raises(HifieditError, match="w_l1"):
+        _run(tiny, tmp_path / "split", cache, _config(clip_dir, rect_dir, iters=5, w_l1=0.9),
+             resume=True)
+
+
+def test_bad_texts_and_sources_are_refused(tmp_path, capsys):
+    with pytest.raises(HifieditError, match="non-empty"):
+        EditTrainConfig(src=" ", tgt="dark skin tone").validate()
+    with pytest.raises(HifieditError, match="same"):
+        EditTrainConfig(src="Dark skin tone", tgt="dark skin tone").validate()
+    assert source_attribute("light skin tone") == ("skin_tone", "light")
+    assert source_attribute("medium-dark skin tone") == ("skin_tone", "medium-dark")
+    assert source_attribute("a man") == ("gender", "man")
+    assert source_attribute("neutral face") == ("expression", "neutral")
+    with pytest.raises(HifieditError, match="--image-dir"):
+        source_attribute("a cat")
+    assert main(["train", "edit", "--src", "man", "--tgt", "man", "--out", str(tmp_path / "r")]) == 1
+    assert "nothing to edit" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------ using edits
+
+
+def _zero_edit(bb, rectifier="r"):
+    return Edit(EditParams.for_unet(bb.unet, EditParamsConfig(rank=2)), model_digest(bb),
+                {"t0": 200, "rectifier": rectifier})
+
+
+def test_zero_edit_with_zero_rectifier_is_plain_reconstruction(tiny):
+    _, bb = tiny
+    pipe = HifiEditPipeline(bb, Rectifier.for_unet(bb.unet, RECT).eval())
+    x = _images(3, 5)
+    edit = _zero_edit(bb)
+    rec = pipe.reconstruct(x, steps=4, t0=200, rectify=False)
+    torch.testing.assert_close(pipe.edit(x, edit, steps=4), rec, atol=1e-5, rtol=1e-5)
+    # Several edits mix their ε (DiffusionCLIP): two copies of one edit are that edit.
+    torch.testing.assert_close(pipe.edit(x, [edit, _zero_edit(bb)], steps=4), rec, atol=1e-5, rtol=1e-5)
+    with pytest.raises(HifieditError, match="needs a rectifier"):
+        HifiEditPipeline(bb).edit(x, edit, steps=4, rectify=True)
+
+
+def test_edits_change_the_image_and_mix(tiny):
+    _, bb = tiny
+    pipe = HifiEditPipeline(bb)
+    x = _images(2, 6)
+    a, b = _zero_edit(bb, None), _zero_edit(bb, None)
+    _randomise(a.params, seed=1, scale=0.2)
+    _randomise(b.params, seed=2, scale=0.2)
+    one, two, both = (pipe.edit(x, e, steps=3) for e in (a, b, [a, b]))
+    plain = pipe.reconstruct(x, steps=3, t0=200, rectify=False)
+    assert (one - plain).abs().mean() > 1e-3 and (both - one).abs().mean() > 1e-4
+    assert (both - two).abs().mean() > 1e-4
+
+
+def test_cli_train_edit_then_edit_refusing_to_overwrite(tiny, clip_dir, tmp_path, capsys):
+    folder, bb = tiny
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, c in enumerate([(200, 30, 30), (30, 200, 30)]):
+        Image.new("RGB", (16, 16), c).save(src / f"img{i}.png")
+    assert main(["train", "edit", "--base", str(folder), "--clip", str(clip_dir), "--rectifier",
+                 "none", "--image-dir", str(src), "--src", "light skin tone", "--tgt",
+                 "dark skin tone", "--method", "markovian", "--t0", "100", "--s-for", "3",
+                 "--s-train", "2", "--iters", "2", "--rank", "2", "--out", str(tmp_path / "run")]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["step"] == 2 and summary["n_train_images"] == 2
+    edit_dir = tmp_path / "run" / "edit"
+    assert load_edit(edit_dir, bb).t0 == 100
+    base = ["edit", "--edit", str(edit_dir), "--model", str(folder), "--rectifier", "none",
+            "--steps", "2"]
+    out = tmp_path / "out.png"
+    assert main([*base, str(src / "img0.png"), "-o", str(out)]) == 0
+    first = out.read_bytes()
+    assert main([*base, str(src / "img0.png"), "-o", str(out)]) == 1
+    assert "--force" in capsys.readouterr().err and out.read_bytes() == first
+    assert main([*base, str(src / "img1.png"), "-o", str(out), "--force"]) == 0
+    assert out.read_bytes() != first
+    outdir = tmp_path / "outdir"
+    assert main([*base, str(src), "-o", str(outdir)]) == 0
+    assert sorted(p.name for p in outdir.iterdir()) == ["img0.png", "img1.png"]
+    assert main([*base, str(src), "-o", str(outdir)]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert main([*base, str(src), "-o", str(outdir), "--force"]) == 0
