@@ -41,7 +41,7 @@ def guiding_clip(folder: Path) -> tuple[str, str]:
     if (MODELS_DIR / NAMED_CLIPS["default"]).is_dir():
         return "default", "shipped default CLIP"
     from hifiedit.train.clip import ClipTrainConfig, build_clip, export_clip, train_tokenizer
-    from hifiedit.train.config import load_config
+    from hifiedit.config import load_config
 
     config = load_config(ClipTrainConfig, ROOT / "configs" / "clip-openmoji32.json")
     texts = ["light skin tone", "dark skin tone", "thumbs up", "a man", "a woman"] * 4

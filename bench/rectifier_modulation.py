@@ -19,7 +19,7 @@ from hifiedit.diffusion.schedule import linear_alphas_cumprod
 from hifiedit.rectifier import Rectifier, modulated_forward, rectified_eps
 from hifiedit.runtime import machine_description
 from hifiedit.train.base import BaseTrainConfig, build_unet
-from hifiedit.train.config import load_config
+from hifiedit.config import load_config
 
 
 def median_ms(fn, repeats):

@@ -15,7 +15,7 @@ import torch
 
 from hifiedit.runtime import machine_description
 from hifiedit.train.base import BaseTrainConfig, build_unet, diffusion_loss
-from hifiedit.train.config import load_config
+from hifiedit.config import load_config
 
 
 def measure(config, threads, layout="nchw", compile_=False, steps=4, warmup=2):

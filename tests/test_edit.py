@@ -19,7 +19,7 @@ from hifiedit.errors import HifieditError
 from hifiedit.pipeline import HifiEditPipeline
 from hifiedit.rectifier import Rectifier, RectifierConfig, rectified_eps
 from hifiedit.train.edit import STEPS, EditTrainConfig, build_task, source_attribute, train_edit
-from hifiedit.train.trajectories import model_digest
+from hifiedit.diffusion.backbone import model_digest
 
 RECT = RectifierConfig(encoder_channels=(8, 16), norm_groups=4, time_embed_dim=16,
                        feature_dim=16, branch_hidden=8, pointwise_rank=2)

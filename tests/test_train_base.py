@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from hifiedit.cli import main
 from hifiedit.errors import HifieditError
 from hifiedit.train.base import BaseTrainConfig, train_base
-from hifiedit.train.config import config_from_dict, load_config
+from hifiedit.config import config_from_dict, load_config
 
 TINY = dict(image_size=16, block_out_channels=(8, 16), attention_levels=(1,), norm_num_groups=4,
             attention_head_dim=8, batch_size=4, warmup_steps=2, log_every=1, checkpoint_every=3,

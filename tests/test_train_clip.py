@@ -18,7 +18,7 @@ from hifiedit.train.clip import (
     train_clip,
     train_tokenizer,
 )
-from hifiedit.train.config import config_from_dict
+from hifiedit.config import config_from_dict
 
 TINY = dict(image_size=16, patch_size=4, vision_width=16, vision_layers=1, vision_heads=2,
             text_width=16, text_layers=1, text_heads=2, max_text_length=16, projection_dim=8,

@@ -13,6 +13,7 @@ Accepted folders (always read with `local_files_only=True`, nothing is downloade
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,3 +145,14 @@ def load_backbone(
         name=path.name,
         path=path,
     )
+
+
+def model_digest(backbone) -> str:
+    """sha256 over the U-Net's parameters and buffers, its prediction type and ᾱ table."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(backbone.unet.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    h.update(backbone.prediction_type.encode())
+    h.update(backbone.alphas_cumprod.detach().cpu().to(torch.float64).numpy().tobytes())
+    return h.hexdigest()

@@ -17,7 +17,7 @@ The offsets are attached to a frozen copy of the base U-Net with
 evaluates to θ + Δ with a graph back to the factors: :meth:`Backbone.eps` runs it as is, and
 the rectifier modulates it like θ (``rectified_eps(..., unet=ψ)``: ψ ⊙ (1 + R)). Checkpoints
 hold only the offsets, plus a config naming the base model by content hash
-(:func:`hifiedit.train.trajectories.model_digest`): an edit is never applied to another θ.
+(:func:`hifiedit.diffusion.backbone.model_digest`): an edit is never applied to another θ.
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ class Edit:
         return self.info.get("rectifier") not in (None, "none")
 
     def check_base(self, backbone) -> None:
-        from hifiedit.train.trajectories import model_digest
+        from hifiedit.diffusion.backbone import model_digest
 
         if model_digest(backbone) != self.base_digest:
             raise HifieditError(
@@ -269,7 +269,7 @@ class Edit:
         if meta.pop("_class_name", None) != "HifiEdit" or "base_digest" not in meta:
             raise HifieditError(f"{cfg_path} does not describe a hifiedit edit.")
         meta.pop("hifiedit_version", None)
-        from hifiedit.train.config import config_from_dict
+        from hifiedit.config import config_from_dict
 
         config = config_from_dict(EditParamsConfig, meta.pop("params", {}))
         layers = {n: tuple(s) for n, s in meta.pop("layers", {}).items()}

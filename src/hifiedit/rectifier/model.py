@@ -244,7 +244,7 @@ class Rectifier(nn.Module):
         """Strict loading. With ``unet``, refuses one whose mid/up convolutions differ."""
         from safetensors.torch import load_file
 
-        from hifiedit.train.checkpoint import check_model_state
+        from hifiedit.weights import check_model_state
 
         folder = Path(folder)
         cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME

@@ -19,15 +19,15 @@ import torch
 import torch.nn.functional as F
 
 from hifiedit.errors import HifieditError
+from hifiedit.weights import check_model_state
 from hifiedit.runtime import atomic_folder, machine_description
 from hifiedit.train.checkpoint import (
-    check_model_state,
     load_checkpoint,
     load_optimizer_state,
     optimizer_state,
     save_checkpoint,
 )
-from hifiedit.train.config import require
+from hifiedit.config import require
 from hifiedit.train.run import StopFlag, check_same_config, prepare_run_dir, trim_log
 
 # Fields that may differ when resuming: they change how long and how visibly we train, not what.

@@ -35,16 +35,16 @@ import torch
 import torch.nn.functional as F
 
 from hifiedit.errors import HifieditError
+from hifiedit.weights import check_model_state
 from hifiedit.runtime import atomic_folder, machine_description, write_text_atomic
 from hifiedit.train.run import StopFlag, check_same_config, prepare_run_dir, trim_log
 from hifiedit.train.checkpoint import (
-    check_model_state,
     load_checkpoint,
     load_optimizer_state,
     optimizer_state,
     save_checkpoint,
 )
-from hifiedit.train.config import require
+from hifiedit.config import require
 
 # Fields that may differ when resuming: they change how visibly we train, not what.
 RESUMABLE_OVERRIDES = {"log_every", "checkpoint_every", "eval_every", "threads"}

@@ -44,9 +44,10 @@ from hifiedit.edit.params import Edit, EditParams, EditParamsConfig
 from hifiedit.errors import HifieditError
 from hifiedit.runtime import machine_description, write_text_atomic
 from hifiedit.train.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
-from hifiedit.train.config import require
+from hifiedit.config import require
 from hifiedit.train.run import StopFlag, check_same_config, prepare_run_dir, torch_threads, trim_log
-from hifiedit.train.trajectories import TrajectoryCache, model_digest
+from hifiedit.diffusion.backbone import model_digest
+from hifiedit.train.trajectories import TrajectoryCache
 
 METHODS = ("score-matching", "markovian")
 VARIANTS = ("full", "efficient")

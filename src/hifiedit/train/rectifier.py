@@ -37,19 +37,20 @@ import torch
 
 from hifiedit.diffusion.ddim import ddim_step, generate, predict_x0
 from hifiedit.errors import HifieditError
+from hifiedit.weights import check_model_state
 from hifiedit.rectifier import Rectifier, RectifierConfig, rectified_eps, rectified_eps_fn
 from hifiedit.runtime import machine_description, write_text_atomic
 from hifiedit.train.base import ema_update
 from hifiedit.train.run import StopFlag, check_same_config, prepare_run_dir, trim_log
 from hifiedit.train.checkpoint import (
-    check_model_state,
     load_checkpoint,
     load_optimizer_state,
     optimizer_state,
     save_checkpoint,
 )
-from hifiedit.train.config import require
-from hifiedit.train.trajectories import TrajectoryCache, model_digest
+from hifiedit.config import require
+from hifiedit.diffusion.backbone import model_digest
+from hifiedit.train.trajectories import TrajectoryCache
 
 # Fields that may differ when resuming: they change how long and how visibly we train, not what.
 RESUMABLE_OVERRIDES = {"max_steps", "log_every", "checkpoint_every", "eval_every", "threads"}

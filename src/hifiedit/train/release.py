@@ -52,7 +52,7 @@ def release_base_model(run: Path, dest: Path, eval_json: Path | None = None,
     from hifiedit.data.openmoji import ATTRIBUTION
     from hifiedit.runtime import machine_description
     from hifiedit.train.base import BaseTrainConfig, sample_grid
-    from hifiedit.train.config import config_from_dict
+    from hifiedit.config import config_from_dict
 
     run, dest = Path(run), Path(dest)
     state_file = run / "checkpoint" / "state.json"

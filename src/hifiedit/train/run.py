@@ -89,7 +89,7 @@ def config_for_run(cls, config_file: Path | None, out: Path, resume: bool, overr
     """The config of a `train …` command: the file plus overrides; or, when resuming without
     a file, the run's own saved config (plus overrides), so a resume continues as configured."""
     from hifiedit.train.checkpoint import load_checkpoint
-    from hifiedit.train.config import config_from_dict, load_config
+    from hifiedit.config import config_from_dict, load_config
 
     if resume and config_file is None:
         _, state = load_checkpoint(Path(out) / "checkpoint")

@@ -24,21 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hifiedit.diffusion.backbone import model_digest
 from hifiedit.diffusion.ddim import DDIMConventions, invert
 from hifiedit.errors import HifieditError
 
 CACHE_VERSION = 1
-
-
-def model_digest(backbone) -> str:
-    """sha256 over the U-Net's parameters and buffers, its prediction type and ᾱ table."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(backbone.unet.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    h.update(backbone.prediction_type.encode())
-    h.update(backbone.alphas_cumprod.detach().cpu().to(torch.float64).numpy().tobytes())
-    return h.hexdigest()
 
 
 def kept_points(n_steps: int, max_points: int) -> list[int]:

@@ -1,4 +1,5 @@
-"""Reading trainer configs: a JSON file plus overrides into a dataclass, with clear errors."""
+"""Reading configs (trainers, rectifier, edits): a JSON file plus overrides into a dataclass,
+with clear errors."""
 
 from __future__ import annotations
 
