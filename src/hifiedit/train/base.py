@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hifiedit.errors import HifieditError
 from hifiedit.weights import check_model_state
 from hifiedit.runtime import atomic_folder, machine_description
 from hifiedit.train.checkpoint import (
@@ -28,7 +27,13 @@ from hifiedit.train.checkpoint import (
     save_checkpoint,
 )
 from hifiedit.config import require
-from hifiedit.train.run import StopFlag, check_same_config, prepare_run_dir, trim_log
+from hifiedit.train.run import (
+    StopFlag,
+    check_same_config,
+    optimizer_step,
+    prepare_run_dir,
+    trim_log,
+)
 
 # Fields that may differ when resuming: they change how long and how visibly we train, not what.
 RESUMABLE_OVERRIDES = {"max_steps", "log_every", "checkpoint_every", "sample_every", "eval_every",
@@ -273,13 +278,7 @@ def train_base(
             for group in opt.param_groups:
                 group["lr"] = lr
             loss = diffusion_loss(unet, x0, t, noise, alphas_cumprod, config.min_snr_gamma)
-            if not torch.isfinite(loss):
-                raise HifieditError(f"Loss became {loss.item()} at step {step}; lower the lr.")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
-            opt.step()
+            optimizer_step(opt, loss, unet.parameters(), config.grad_clip, step)
             ema_update(ema, unet, min(config.ema_decay, (1 + step) / (10 + step)))
             step += 1
             wall += time.perf_counter() - t_start

@@ -37,7 +37,13 @@ import torch.nn.functional as F
 from hifiedit.errors import HifieditError
 from hifiedit.weights import check_model_state
 from hifiedit.runtime import atomic_folder, machine_description, write_text_atomic
-from hifiedit.train.run import StopFlag, check_same_config, prepare_run_dir, trim_log
+from hifiedit.train.run import (
+    StopFlag,
+    check_same_config,
+    optimizer_step,
+    prepare_run_dir,
+    trim_log,
+)
 from hifiedit.train.checkpoint import (
     load_checkpoint,
     load_optimizer_state,
@@ -432,13 +438,7 @@ def _train_clip(
                 group["lr"] = lr
             loss = clip_step_loss(model, tokenizer, images, captions, idx, mean, std,
                                   config.image_size)
-            if not torch.isfinite(loss):
-                raise HifieditError(f"Loss became {loss.item()} at step {step}; lower the lr.")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt.step()
+            optimizer_step(opt, loss, model.parameters(), config.grad_clip, step)
             with torch.no_grad():  # CLIP's clamp: a temperature below 1/100 destabilises training
                 model.logit_scale.clamp_(0, math.log(100))
             step += 1

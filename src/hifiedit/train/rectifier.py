@@ -41,7 +41,13 @@ from hifiedit.weights import check_model_state
 from hifiedit.rectifier import Rectifier, RectifierConfig, rectified_eps, rectified_eps_fn
 from hifiedit.runtime import machine_description, write_text_atomic
 from hifiedit.train.base import ema_update
-from hifiedit.train.run import StopFlag, check_same_config, prepare_run_dir, trim_log
+from hifiedit.train.run import (
+    StopFlag,
+    check_same_config,
+    optimizer_step,
+    prepare_run_dir,
+    trim_log,
+)
 from hifiedit.train.checkpoint import (
     load_checkpoint,
     load_optimizer_state,
@@ -340,13 +346,7 @@ def _train(config: RectifierTrainConfig, out: Path, base, resume: bool = False,
             for group in opt.param_groups:
                 group["lr"] = lr
             loss = iteration_loss(backbone, rect, points, train_images, config, gen)
-            if not torch.isfinite(loss):
-                raise HifieditError(f"Loss became {loss.item()} at step {step}; lower the lr.")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(rect.parameters(), config.grad_clip)
-            opt.step()
+            optimizer_step(opt, loss, rect.parameters(), config.grad_clip, step)
             ema_update(ema, rect, min(config.ema_decay, (1 + step) / (10 + step)))
             step += 1
             wall += time.perf_counter() - t_start

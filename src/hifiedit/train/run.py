@@ -9,6 +9,8 @@ import signal
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from hifiedit.errors import HifieditError
 
 
@@ -41,6 +43,18 @@ def check_same_config(saved: dict, config, may_change: set[str]) -> None:
     if changed:
         raise HifieditError(f"Cannot resume with a different config: {changed} changed "
                             f"(only {sorted(may_change)} may).")
+
+
+def optimizer_step(opt, loss, params, grad_clip: float, step: int) -> None:
+    """One update. A non-finite loss stops the run with a clear error instead of writing NaN
+    weights into the next checkpoint."""
+    if not torch.isfinite(loss):
+        raise HifieditError(f"Loss became {loss.item()} at step {step}; lower the lr.")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
 
 
 def trim_log(path: Path, step: int) -> None:
