@@ -7,64 +7,24 @@ import json
 
 import pytest
 import torch
-from conftest import save_tiny_pipeline
+from conftest import RECT, save_tiny_pipeline
+from conftest import nonzero_rectifier as _nonzero_rectifier
+from conftest import randomise as _randomise
 from PIL import Image
 from safetensors.torch import load_file
-from test_guidance import _tiny_clip, _tiny_tokenizer
 
 from hifiedit.cli import main
 from hifiedit.diffusion.backbone import load_backbone
 from hifiedit.edit import Edit, EditParams, EditParamsConfig, load_edit
 from hifiedit.errors import HifieditError
 from hifiedit.pipeline import HifiEditPipeline
-from hifiedit.rectifier import Rectifier, RectifierConfig, rectified_eps
+from hifiedit.rectifier import Rectifier, rectified_eps
 from hifiedit.train.edit import STEPS, EditTrainConfig, build_task, source_attribute, train_edit
 from hifiedit.diffusion.backbone import model_digest
-
-RECT = RectifierConfig(encoder_channels=(8, 16), norm_groups=4, time_embed_dim=16,
-                       feature_dim=16, branch_hidden=8, pointwise_rank=2)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = save_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "ddpm")
-    return folder, load_backbone(folder)
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("clip")
-    tokenizer = _tiny_tokenizer()
-    _tiny_clip(tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def _nonzero_rectifier(unet, seed=0):
-    """A rectifier whose offsets are small but not zero, so that ψ ⊙ (1 + R) ≠ ψ."""
-    rect = Rectifier.for_unet(unet, RECT)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for b in rect.branches:
-            b.spatial.weight.copy_(torch.randn(b.spatial.weight.shape, generator=g) * 0.05)
-    return rect.eval().requires_grad_(False)
-
-
-@pytest.fixture(scope="module")
-def rect_dir(tiny, tmp_path_factory):
-    return _nonzero_rectifier(tiny[1].unet).save_pretrained(tmp_path_factory.mktemp("r") / "rect")
-
 
 def _images(n, seed):
     g = torch.Generator().manual_seed(seed)
     return torch.rand((n, 3, 16, 16), generator=g) * 2 - 1
-
-
-def _randomise(params: EditParams, seed=1, scale=0.05):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in params.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
 
 
 TINY = dict(src="light skin tone", tgt="dark skin tone", t0=200, s_for=6, s_train=3,

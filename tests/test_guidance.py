@@ -21,28 +21,10 @@ from hifiedit.guidance import (
 )
 from hifiedit.guidance.clip import OPENAI_MEAN, OPENAI_STD, ROLE_FILE
 
-TEXTS = ["thumbs up", "thumbs up: dark skin tone", "a cook who is a woman", "man cook",
-         "light skin tone", "dark skin tone", "an emoji of a grinning face"] * 3
+from conftest import tiny_clip as _tiny_clip
+from conftest import tiny_tokenizer as _tiny_tokenizer
+
 USER_MEAN, USER_STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-
-
-def _tiny_tokenizer(max_length=16):
-    from hifiedit.train.clip import train_tokenizer
-
-    return train_tokenizer(TEXTS, vocab_size=600, max_length=max_length)
-
-
-def _tiny_clip(tokenizer, image_size=24, patch=8, seed=0):
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(seed)
-    text = dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
-                num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id)
-    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                  num_attention_heads=2, image_size=image_size, patch_size=patch)
-    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8))
 
 
 @pytest.fixture(scope="module")

@@ -121,20 +121,44 @@ class HifiEditPipeline:
         edits = list(edits) if isinstance(edits, (list, tuple)) else [edits]
         if not edits:
             raise HifieditError("edit() needs at least one edit.")
-        if t0 is None:
-            if len({e.t0 for e in edits}) > 1:
-                raise HifieditError(f"the edits were trained at different t0 "
-                                    f"({sorted({e.t0 for e in edits})}); pass t0.")
-            t0 = edits[0].t0
+        t0 = _edits_t0(edits, t0)
         if rectify is None:
             rectify = all(e.rectified for e in edits) and self.rectifier is not None
         if rectify and self.rectifier is None:
             raise HifieditError("rectified editing needs a rectifier; load the pipeline with one.")
         x0 = self._check(x0)
-        fns = [self.eps_fn(x0 if rectify else None, e.unet(self.backbone)) for e in edits]
-        eps_fn = fns[0] if len(fns) == 1 else (lambda x, t: torch.stack([f(x, t) for f in fns]).mean(0))
+        eps_fn = self._mixed_eps_fn(edits, x0 if rectify else None)
         x_t0 = self.invert(x0, t0, s_for or steps, progress).final
         return self._generate(eps_fn, x_t0, t0, steps, progress).final
+
+    def _mixed_eps_fn(self, edits, x0: torch.Tensor | None):
+        """ε of ψ for one edit; DiffusionCLIP's noise mixing (mean ε) for several."""
+        fns = [self.eps_fn(x0, e.unet(self.backbone)) for e in edits]
+        return fns[0] if len(fns) == 1 else (lambda x, t: torch.stack([f(x, t) for f in fns]).mean(0))
+
+    @torch.no_grad()
+    def translate(self, x: torch.Tensor, edits=(), t0: int | None = None, steps: int = 40,
+                  repeats: int = 1, generator: torch.Generator | None = None,
+                  progress: bool = False) -> torch.Tensor:
+        """Image-to-image translation from an unseen domain (DESIGN §1, "Inference"; issue 5
+        item 6): a stochastic forward q(x_t0 | x) to t0, then `steps` DDIM steps into the trained
+        domain, with θ or with the mixed ψ of `edits`. Repeated `repeats` times as DiffusionCLIP
+        does, each round re-noising the previous round's output. No rectifier: it would pull
+        every step back towards the out-of-domain input, which is what translation discards.
+        `t0` defaults to the edits' training t0, or 400 without edits."""
+        from hifiedit.diffusion.ddim import stochastic_forward
+
+        edits = list(edits) if isinstance(edits, (list, tuple)) else [edits]
+        t0 = _edits_t0(edits, t0) if edits else (400 if t0 is None else t0)
+        if repeats < 1:
+            raise HifieditError(f"repeats must be ≥ 1, got {repeats}.")
+        self.timesteps(t0, steps)  # refuse a bad t0/steps before drawing noise
+        x = self._check(x)
+        eps_fn = self._mixed_eps_fn(edits, None) if edits else self.backbone.eps
+        for _ in range(repeats):
+            x_t0 = stochastic_forward(x, t0, self.backbone.alphas_cumprod, generator=generator)
+            x = self._generate(eps_fn, x_t0, t0, steps, progress).final
+        return x
 
     @torch.no_grad()
     def reconstruct(self, x0: torch.Tensor, steps: int, t0: int = 400, s_for: int | None = None,
@@ -142,6 +166,16 @@ class HifiEditPipeline:
         """Invert with S_for steps (default: `steps`), generate back with `steps`."""
         x_t0 = self.invert(x0, t0, s_for or steps, progress).final
         return self.generate(x_t0, t0, steps, x0 if rectify else None, progress=progress).final
+
+
+def _edits_t0(edits, t0: int | None) -> int:
+    """`t0` if given, else the t0 the edits were trained at (which must then agree)."""
+    if t0 is not None:
+        return t0
+    if len({e.t0 for e in edits}) > 1:
+        raise HifieditError(f"the edits were trained at different t0 "
+                            f"({sorted({e.t0 for e in edits})}); pass t0.")
+    return edits[0].t0
 
 
 class _progress:

@@ -1,0 +1,380 @@
+"""`hifiedit eval edit`: trained edits measured against the true edit (DESIGN §3; issue 5 item 4).
+
+One row per (edit, S_gen). Images: the split's sources that carry the edit's source attribute
+and have a *true* target (OpenMoji skin-tone and man ↔ woman pairs, :func:`edit_pairs`), or,
+for an edit with no ground truth (e.g. neutral → smiling), every split image that carries the
+source attribute. Each edit is applied exactly as `hifiedit edit` applies it: DDIM inversion
+with θ (S_for, default S_gen), generation with ψ at S_gen, rectified when the edit was
+trained with a rectifier.
+
+- `gt_mae`, `gt_psnr`: edited vs the true target, on [0, 1] pixels (pair edits only).
+- `preserve_mae`: edited vs source on the pixels the edit should leave alone: those where the
+  source and the true target agree, max over channels |src − tgt| < ``PRESERVE_THRESHOLD``
+  = 0.05 in [0, 1] units (13 of 255 levels: above the anti-aliasing noise between two renders
+  of one glyph, far below any tone or gender change). Mean over those pixels per image, then
+  over images. `preserve_fraction` is the mean share of such pixels.
+- `s_dir`: directional CLIP similarity cos(E_I(edit) − E_I(src), ΔT) measured with the
+  **judge** CLIP, never with the CLIP that guided training: the CLIP given by ``--judge`` must
+  be marked ``role: judge`` (:data:`hifiedit.guidance.clip.ROLE_FILE`), which training refuses
+  to load.
+- `judge_acc`: the judge's zero-shot verdict per image, as `eval clip` classifies tones: is the
+  edited image closer to its own glyph's name with the target attribute ("thumbs up dark skin
+  tone") than with the source attribute ("thumbs up light skin tone")? Text embeddings are the
+  prompt ensemble. When the target text names no attribute of the data, the edit's own
+  src/tgt texts are compared instead.
+- `train_s_per_iter` from the edit's config; `edit_s_per_image`: measured wall time of
+  inversion + generation, per image.
+
+The grid is the paper's Figure 5 turned on its side: one column per image, rows source | true
+target | each (edit, S_gen), one block per (src, tgt) pair of texts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hifiedit.errors import HifieditError
+from hifiedit.runtime import machine_description, write_text_atomic
+
+PRESERVE_THRESHOLD = 0.05
+# Attribute kinds for which `edit_pairs` knows the true edited image.
+GROUND_TRUTH_KINDS = ("skin_tone", "gender")
+
+
+@dataclass(frozen=True)
+class EditEvalConfig:
+    edits: tuple = ()
+    model: str = "default"
+    split: str = "test"
+    steps: tuple = (6, 40)
+    t0: int | None = None  # None: each edit's training t0
+    s_for: int | None = None  # None: S_for = S_gen, as `hifiedit edit`
+    judge: str = "judge"
+    # None: each rectified edit uses the rectifier it was trained with (else the shipped one);
+    # "none": no rectifier; or a rectifier folder for every edit.
+    rectifier: str | None = None
+    limit: int | None = None
+    batch_size: int = 16
+    grid_images: int = 8
+
+    def validate(self) -> None:
+        if not self.edits:
+            raise HifieditError("eval edit needs at least one --edit.")
+        if not self.steps or any(s < 1 for s in self.steps):
+            raise HifieditError(f"--steps must be positive integers, got {list(self.steps)}.")
+        if self.limit is not None and self.limit < 1:
+            raise HifieditError("--limit must be ≥ 1.")
+        if self.batch_size < 1 or self.grid_images < 0:
+            raise HifieditError("batch_size must be ≥ 1 and grid_images ≥ 0.")
+
+
+# --------------------------------------------------------------------------- what an edit asks
+
+
+@dataclass(frozen=True)
+class EditAttributes:
+    """What an edit's texts name in the data: the source attribute (field, value), the target
+    value when the target text names the same field, and the pair kind with a true answer."""
+
+    src: str
+    tgt: str
+    field: str
+    source: str
+    target: str | None
+    ground_truth: str | None  # "skin_tone" | "gender" | None
+
+
+def edit_attributes(src: str, tgt: str) -> EditAttributes:
+    """Map the edit's texts to the attributes of `EditPair`: "light skin tone" → skin_tone
+    light, "dark skin tone" → dark, "man"/"woman" → gender."""
+    from hifiedit.train.edit import source_attribute
+
+    field, source = source_attribute(src)
+    try:
+        tgt_field, target = source_attribute(tgt)
+    except HifieditError:
+        tgt_field, target = None, None
+    if tgt_field != field or target == source:
+        target = None
+    truth = field if target is not None and field in GROUND_TRUTH_KINDS else None
+    if field == "gender" and not {source, target} <= {"man", "woman"}:
+        truth = None  # edit_pairs only pairs man ↔ woman
+    return EditAttributes(src, tgt, field, source, target, truth)
+
+
+def select_images(data, split: str, attrs: EditAttributes,
+                  limit: int | None = None) -> list[tuple[int, int | None]]:
+    """(source index, true-target index or None) for the images an edit is measured on."""
+    from hifiedit.data.openmoji import edit_pairs
+    from hifiedit.train.edit import _has
+
+    records = [data.records[i] for i in data.indices(split)]
+    if attrs.ground_truth:
+        chosen = sorted((p.source, p.target) for p in edit_pairs(records)
+                        if p.kind == attrs.ground_truth and p.source_attr == attrs.source
+                        and p.target_attr == attrs.target)
+    else:
+        chosen = [(r.index, None) for r in records if _has(r, attrs.field, attrs.source)]
+    if not chosen:
+        what = (f"{attrs.ground_truth} pair {attrs.source} → {attrs.target}" if attrs.ground_truth
+                else f"image with {attrs.field} = {attrs.source!r}")
+        raise HifieditError(f"no {split}-split {what} to evaluate {attrs.src!r} → {attrs.tgt!r} on.")
+    return chosen[:limit] if limit else chosen
+
+
+def attribute_names(record, attrs: EditAttributes) -> tuple[str, str]:
+    """(source name, target name) of one glyph for the judge's verdict: its own name with the
+    attribute set to the source and to the target value; the edit's texts when the target
+    names no attribute of the data."""
+    from hifiedit.data.captions import tone_phrases, with_gender, with_tone
+
+    if attrs.target is None:
+        return attrs.src, attrs.tgt
+    if attrs.field == "skin_tone":
+        return tuple(with_tone(record.tone_base, v) for v in (attrs.source, attrs.target))
+    if attrs.field == "gender":
+        suffix = "".join(f" {p}" for p in tone_phrases(record))
+        return tuple(with_gender(record.tone_base, v) + suffix for v in (attrs.source, attrs.target))
+    words = record.name.split(" ")  # expression: swap the word in the glyph's name
+    return tuple(" ".join(v if w == attrs.source else w for w in words)
+                 for v in (attrs.source, attrs.target))
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def gt_errors(edited: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image (MAE, PSNR) of edited vs true target, images in [-1, 1], metrics on [0, 1]."""
+    from hifiedit.eval.metrics import mae, psnr, to_unit
+
+    a, b = to_unit(edited), to_unit(target)
+    return mae(a, b), psnr(a, b)
+
+
+def preserve_mask(source: torch.Tensor, target: torch.Tensor,
+                  threshold: float = PRESERVE_THRESHOLD) -> torch.Tensor:
+    """(N, 1, H, W) bool: pixels where source and true target agree, i.e. what the edit
+    should not change (max over channels of |src − tgt| < threshold, [0, 1] units)."""
+    from hifiedit.eval.metrics import to_unit
+
+    return (to_unit(source) - to_unit(target)).abs().amax(1, keepdim=True) < threshold
+
+
+def preserve_errors(edited: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-image MAE of edited vs source over the masked pixels (NaN for an empty mask)."""
+    from hifiedit.eval.metrics import to_unit
+
+    err = (to_unit(edited) - to_unit(source)).abs().mean(1, keepdim=True)
+    m = mask.to(err.dtype)
+    return (err * m).flatten(1).sum(1) / m.flatten(1).sum(1)
+
+
+def _mean(values: torch.Tensor) -> float | None:
+    values = values[~values.isnan()]
+    return values.mean().item() if len(values) else None
+
+
+def judge_scores(judge, edited: torch.Tensor, src_emb: torch.Tensor, records,
+                 attrs: EditAttributes) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image S_dir along the edit's text direction and the judge's verdict (1 = the
+    edited image is closer to its target name than to its source name)."""
+    from hifiedit.eval.clip_eval import _ensemble, _image_embeddings
+    from hifiedit.guidance.losses import s_dir, text_direction
+
+    emb = _image_embeddings(judge, edited)
+    direction = text_direction(judge, attrs.src, attrs.tgt).float().cpu()
+    names = [n for r in records for n in attribute_names(r, attrs)]
+    text = _ensemble(judge, names).view(len(records), 2, -1)
+    scores = torch.einsum("nd,ncd->nc", emb, text)
+    return s_dir(emb, src_emb, direction), (scores[:, 1] > scores[:, 0]).float()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_judge(name: str):
+    """The judge CLIP, refusing any CLIP not marked as a judge (a guide must never grade)."""
+    from hifiedit.guidance.clip import ROLE_FILE, clip_role, load_clip, resolve_clip_path
+
+    path = resolve_clip_path(name, allow_judge=True)
+    if clip_role(path) != "judge":
+        raise HifieditError(
+            f"--judge {name}: {path} is not a judge CLIP (role {clip_role(path)!r}). Edits are "
+            f"scored only by a CLIP that never guided one: train one with `hifiedit train clip "
+            f"--config configs/judge-openmoji32.json`, or mark a folder with {ROLE_FILE} "
+            '{"role": "judge"}.')
+    return load_clip(path, allow_judge=True)  # evaluation is the one place that may
+
+
+def edit_label(name_or_path: str) -> str:
+    """How a row names an edit: a shipped name as given; a folder by its name, or by its run's
+    name for the `OUT/edit` folder that `train edit` writes."""
+    path = Path(name_or_path)
+    if not path.exists():
+        return str(name_or_path)
+    path = path.resolve()
+    return path.parent.name if path.name == "edit" else path.name
+
+
+class _Rectifiers:
+    """Rectifiers by folder, loaded once: each rectified edit is evaluated with the rectifier
+    it was trained with unless the run overrides it."""
+
+    def __init__(self, backbone, override: str | None):
+        self.backbone, self.override, self.loaded = backbone, override, {}
+
+    def for_edit(self, edit):
+        from hifiedit.pipeline import resolve_rectifier_path
+
+        if not edit.rectified or self.override == "none":
+            return None, None
+        wanted = self.override
+        if wanted is None:
+            trained = edit.info.get("rectifier")
+            wanted = trained if trained and Path(trained).exists() else "default"
+        path = resolve_rectifier_path(wanted)
+        if path is None:
+            raise HifieditError(f"edit {edit.name} was trained with a rectifier "
+                                f"({edit.info.get('rectifier')}) that is not here and none is "
+                                "shipped: pass --rectifier PATH or none.")
+        key = str(Path(path).resolve())
+        if key not in self.loaded:
+            from hifiedit.rectifier import Rectifier
+
+            rect = Rectifier.from_pretrained(path, self.backbone.unet)
+            self.loaded[key] = rect.eval().requires_grad_(False)
+        return self.loaded[key], str(path)
+
+
+def _images(data, indices: list[int]) -> torch.Tensor:
+    x = torch.from_numpy(data.images[indices]).permute(0, 3, 1, 2)
+    return x.float().div(127.5).sub(1.0).contiguous()
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_edit_eval(config: EditEvalConfig, json_path: Path | None = None,
+                  grid_path: Path | None = None, force: bool = False, progress: bool = True,
+                  backbone=None, data=None) -> dict:
+    """Evaluate every (edit, S_gen) and return the report; optionally write the JSON and the
+    grid. `backbone` and `data` (an `OpenMojiSet`) override loading them."""
+    from tqdm import tqdm
+
+    from hifiedit.diffusion.backbone import load_backbone
+    from hifiedit.edit import load_edit
+    from hifiedit.eval.clip_eval import _image_embeddings
+    from hifiedit.eval.recon import _check_outputs
+    from hifiedit.pipeline import HifiEditPipeline
+
+    config.validate()
+    json_path = Path(json_path) if json_path is not None else None
+    grid_path = Path(grid_path) if grid_path is not None else None
+    _check_outputs([json_path, grid_path], force)
+    judge = load_judge(config.judge)
+    backbone = backbone or load_backbone(config.model)
+    edits = [(edit_label(e), load_edit(e, backbone)) for e in config.edits]
+    if data is None:
+        from hifiedit.data.openmoji import load_openmoji
+
+        data = load_openmoji(backbone.sample_size, progress=progress)
+    if data.images.shape[1] != backbone.sample_size:
+        raise HifieditError(f"the images are {data.images.shape[1]}px but the model works at "
+                            f"{backbone.sample_size}px.")
+    rectifiers = _Rectifiers(backbone, config.rectifier)
+
+    rows, blocks = [], {}
+    jobs = [(label, edit, steps) for label, edit in edits for steps in config.steps]
+    bar = tqdm(total=len(jobs), desc="eval edit", disable=not progress)
+    for label, edit in edits:
+        if not edit.info.get("src") or not edit.info.get("tgt"):
+            raise HifieditError(f"edit {label} records no src/tgt texts; it cannot be evaluated.")
+        attrs = edit_attributes(edit.info["src"], edit.info["tgt"])
+        chosen = select_images(data, config.split, attrs, config.limit)
+        sources = _images(data, [s for s, _ in chosen])
+        targets = _images(data, [t for _, t in chosen]) if attrs.ground_truth else None
+        records = [data.records[s] for s, _ in chosen]
+        src_emb = _image_embeddings(judge, sources)
+        mask = preserve_mask(sources, targets) if targets is not None else None
+        rect, rect_path = rectifiers.for_edit(edit)
+        pipe = HifiEditPipeline(backbone, rect)
+        edit.unet(backbone)  # build ψ (and check its base) outside the timed loop
+        block = blocks.setdefault((attrs.src, attrs.tgt), {"attrs": attrs, "sources": sources,
+                                                           "targets": targets, "rows": {}})
+        for steps in config.steps:
+            start = time.perf_counter()
+            edited = torch.cat([pipe.edit(b, edit, steps=steps, t0=config.t0, s_for=config.s_for)
+                                for b in sources.split(config.batch_size)]).cpu()
+            seconds = time.perf_counter() - start
+            sdir, verdict = judge_scores(judge, edited, src_emb, records, attrs)
+            row = {"edit": label, "method": edit.info.get("method"),
+                   "markovian_variant": edit.info.get("markovian_variant"),
+                   "rectifier": rect_path, "src": attrs.src, "tgt": attrs.tgt, "steps": steps,
+                   "t0": config.t0 if config.t0 is not None else edit.t0,
+                   "s_for": config.s_for or steps, "ground_truth": attrs.ground_truth,
+                   "gt_mae": None, "gt_psnr": None, "preserve_mae": None, "preserve_fraction": None}
+            if targets is not None:
+                gt_mae, gt_psnr = gt_errors(edited, targets)
+                row.update(gt_mae=gt_mae.mean().item(), gt_psnr=gt_psnr.mean().item(),
+                           preserve_mae=_mean(preserve_errors(edited, sources, mask)),
+                           preserve_fraction=mask.float().mean().item())
+            row.update(s_dir=sdir.mean().item(), judge_acc=verdict.mean().item(),
+                       train_s_per_iter=edit.info.get("train_s_per_iter"),
+                       edit_s_per_image=seconds / len(sources), n_images=len(sources))
+            rows.append(row)
+            block["rows"][f"{label}@{steps}"] = edited
+            bar.update(1)
+    bar.close()
+
+    report = {"model": str(config.model), "split": config.split, "judge": judge.path,
+              "preserve_threshold": PRESERVE_THRESHOLD, "machine": machine_description(),
+              "rows": rows}
+    if grid_path is not None:
+        save_edit_grid(list(blocks.values()), grid_path, config.grid_images)
+        report["grid"] = str(grid_path)
+    if json_path is not None:
+        write_text_atomic(json_path, json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def save_edit_grid(blocks: list[dict], path: Path, n_images: int = 8) -> Path:
+    """One column per image, rows: source | true target (when known) | each edit@S_gen; one
+    block of rows per (src, tgt). Blocks with fewer images are padded with white."""
+    from hifiedit.eval.grids import save_grid
+
+    width = max(min(n_images, len(b["sources"])) for b in blocks)
+    rows, labels = [], []
+    for b in blocks:
+        a = b["attrs"]
+        named = [(f"source: {a.source}", b["sources"])]
+        if b["targets"] is not None:
+            named.append((f"true target: {a.target}", b["targets"]))
+        named += list(b["rows"].items())
+        for label, images in named:
+            images = images[:width]
+            pad = torch.ones((width - len(images), *images.shape[1:]), dtype=images.dtype)
+            rows.append(torch.cat([images, pad]))
+            labels.append(label)
+    return save_grid(torch.cat(rows), path, nrow=width, scale=3, row_labels=labels)
+
+
+def format_table(report: dict) -> str:
+    def f(v, spec):
+        return "n/a" if v is None else format(v, spec)
+
+    lines = [f"split {report['split']}  judge {report['judge']}",
+             f"{'edit':28} {'method':15} {'rect':>4} {'steps':>5} {'n':>4} {'gt_MAE':>7} "
+             f"{'gt_PSNR':>7} {'keep_MAE':>8} {'S_dir':>6} {'acc':>5} {'s/iter':>6} {'s/img':>6}"]
+    for r in report["rows"]:
+        lines.append(
+            f"{r['edit'][:28]:28} {(r['method'] or '?')[:15]:15} {'yes' if r['rectifier'] else 'no':>4} "
+            f"{r['steps']:>5} {r['n_images']:>4} {f(r['gt_mae'], '7.4f'):>7} "
+            f"{f(r['gt_psnr'], '7.2f'):>7} {f(r['preserve_mae'], '8.4f'):>8} "
+            f"{f(r['s_dir'], '6.3f'):>6} {f(r['judge_acc'], '5.2f'):>5} "
+            f"{f(r['train_s_per_iter'], '6.2f'):>6} {f(r['edit_s_per_image'], '6.3f'):>6}")
+    return "\n".join(lines)
