@@ -102,3 +102,17 @@ def test_cli_reports_unwritable_out(tmp_path, capsys):
     cfg.write_text(json.dumps({**TINY, "max_steps": 1}))
     assert main(["train", "base", "--config", str(cfg), "--out", str(blocker / "run")]) == 1
     assert "Cannot write" in capsys.readouterr().err
+
+
+def test_release_writes_a_model_card(tmp_path):
+    from hifiedit.diffusion.backbone import load_backbone
+    from hifiedit.train.release import release_base_model
+
+    _run(tmp_path / "run", 3, stop_after=2)  # an unfinished run: the card must say so
+    dest = release_base_model(tmp_path / "run", tmp_path / "released")
+    card = (dest / "README.md").read_text()
+    assert "steps: **2**" in card and "Snapshot of a run in progress" in card
+    assert (dest / "samples.png").is_file() and (dest / "loss.png").is_file()
+    assert load_backbone(dest).sample_size == 16
+    with pytest.raises(HifieditError, match="--force"):
+        release_base_model(tmp_path / "run", dest)

@@ -77,6 +77,9 @@ def release_base_model(run: Path, dest: Path, eval_json: Path | None = None,
     last_held = f"{float(held[-1]['heldout_loss']):.4f} at step {held[-1]['step']}" if held else "n/a"
     ips = [float(r["img_per_s"]) for r in rows[-20:]]
     cfg = json.dumps(state["config"], indent=1)
+    status = ("" if state["step"] >= config.max_steps else
+              f"**Snapshot of a run in progress** (step {state['step']} of max_steps "
+              f"{config.max_steps}); `hifiedit train base --out RUN --resume` continues it.\n")
     machine = state.get("machine") or f"{machine_description()} (the releasing machine; the run did not record its own)"
     card = f"""# {dest.name}: the embedded default base diffusion model
 
@@ -86,6 +89,7 @@ of the OpenMoji domain (test split never seen). Same conventions as the CelebA-H
 uses (linear β {config.beta_start}…{config.beta_end}, T = {config.num_train_timesteps}), so one
 code path serves both. These are the EMA weights (decay {config.ema_decay}).
 
+{status}
 - steps: **{state['step']}** (batch {config.batch_size}, {state['images_seen']:,} images seen)
 - training wall time: {state['wall_seconds'] / 3600:.2f} h; recent throughput
   {sum(ips) / max(1, len(ips)):.1f} img/s
