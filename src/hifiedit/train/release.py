@@ -107,9 +107,10 @@ code path serves both. These are the EMA weights (decay {config.ema_decay}).
 ## Reconstruction on the test split
 """
     if report:
-        card += (f"\n`hifiedit eval recon --model default --split {report['split']} "
-                 f"--t0 {report['t0']}` on {report['n_images']} images "
-                 f"(seed {report.get('seed', 0)}; {report.get('machine', '')}):\n\n"
+        card += (f"\n`hifiedit eval recon --model {report['model']} --split {report['split']} "
+                 f"--t0 {report['t0']} --limit {report['n_images']}` (the first "
+                 f"{report['n_images']} images of the split; "
+                 f"seed {report.get('seed', 0)}; {report.get('machine', '')}):\n\n"
                  + _table(report) + "\n")
     else:
         card += "\nNot measured for this release.\n"
