@@ -8,7 +8,7 @@ configs/clip-openmoji32.json; when no trained one is shipped it is randomly init
 the rectifier (when used) is a freshly initialised one: the time of an iteration does not
 depend on the weights. Inverting the few training images (S_for = 40) is cached before timing.
 
-    scripts/paused.sh .venv/bin/python bench/edit_train_speed.py [--iters 6] [--json FILE]
+    scripts/one-thread.sh .venv/bin/python bench/edit_train_speed.py [--iters 6] [--json FILE]
 """
 
 from __future__ import annotations

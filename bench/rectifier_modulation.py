@@ -2,7 +2,7 @@
 and the whole rectified step vs a plain DDIM step, for the default-sized U-Net
 (configs/base-openmoji32.json, random weights: speed does not depend on them), 32×32.
 
-    scripts/paused.sh .venv/bin/python bench/rectifier_modulation.py [--json FILE]
+    scripts/one-thread.sh .venv/bin/python bench/rectifier_modulation.py [--json FILE]
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Measures, with the default RectifierTrainConfig (batch 16, roll-outs k ~ U{0…4
     6, 10, 20, 40, 100), and for the grids plus 200;
   - one held-out evaluation (n_val_images val images, rectified chains at eval_steps).
 
-    scripts/paused.sh .venv/bin/python bench/rectifier_train_speed.py [--steps 30] [--json FILE]
+    scripts/one-thread.sh .venv/bin/python bench/rectifier_train_speed.py [--steps 30] [--json FILE]
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def main():
     passes = sum(default.step_grids)
     out = {
         "machine": machine_description(),
-        "note": "run through scripts/paused.sh (OMP_NUM_THREADS=1) beside the background "
+        "note": "run through scripts/one-thread.sh (OMP_NUM_THREADS=1) beside the background "
                 "training jobs: one contended core",
         "base": str(bb.path),
         "rectifier_params": summary["n_params"],

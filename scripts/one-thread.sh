@@ -2,6 +2,6 @@
 # Run a foreground command next to a background `hifiedit train` job without slowing it down:
 # the training job runs on one thread (--threads 1) and this command gets the other core
 # (OMP_NUM_THREADS=1). Pausing the job instead (SIGSTOP) raced between concurrent users.
-#   scripts/paused.sh .venv/bin/python -m pytest tests/test_x.py
+#   scripts/one-thread.sh .venv/bin/python -m pytest tests/test_x.py
 export OMP_NUM_THREADS=1
 exec "$@"
