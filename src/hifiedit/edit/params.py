@@ -258,17 +258,13 @@ class Edit:
         """Strict loading; with ``backbone``, refuses one that is not the edit's base model."""
         from safetensors.torch import load_file
 
+        from hifiedit.weights import read_folder_meta
+
         folder = Path(folder)
-        cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-        if not cfg_path.is_file() or not w_path.is_file():
-            raise HifieditError(f"{folder} is not an edit folder: it needs {CONFIG_NAME} and {WEIGHTS_NAME}.")
-        try:
-            meta = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise HifieditError(f"{cfg_path} is not valid JSON: {e}.") from e
-        if meta.pop("_class_name", None) != "HifiEdit" or "base_digest" not in meta:
-            raise HifieditError(f"{cfg_path} does not describe a hifiedit edit.")
-        meta.pop("hifiedit_version", None)
+        cfg_path = folder / CONFIG_NAME
+        meta, w_path = read_folder_meta(folder, CONFIG_NAME, WEIGHTS_NAME, "HifiEdit", "an edit")
+        if "base_digest" not in meta:
+            raise HifieditError(f"{cfg_path} does not describe a hifiedit edit (no base_digest).")
         from hifiedit.config import config_from_dict
 
         config = config_from_dict(EditParamsConfig, meta.pop("params", {}))

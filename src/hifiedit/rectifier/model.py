@@ -244,19 +244,11 @@ class Rectifier(nn.Module):
         """Strict loading. With ``unet``, refuses one whose mid/up convolutions differ."""
         from safetensors.torch import load_file
 
-        from hifiedit.weights import check_model_state
+        from hifiedit.weights import check_model_state, read_folder_meta
 
         folder = Path(folder)
-        cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-        if not cfg_path.is_file() or not w_path.is_file():
-            raise HifieditError(f"{folder} is not a rectifier folder: it needs {CONFIG_NAME} and {WEIGHTS_NAME}.")
-        try:
-            meta = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise HifieditError(f"{cfg_path} is not valid JSON: {e}.") from e
-        if meta.pop("_class_name", None) != "Rectifier":
-            raise HifieditError(f"{cfg_path} does not describe a hifiedit Rectifier.")
-        meta.pop("hifiedit_version", None)
+        cfg_path = folder / CONFIG_NAME
+        meta, w_path = read_folder_meta(folder, CONFIG_NAME, WEIGHTS_NAME, "Rectifier", "a rectifier")
         layers = {n: tuple(s) for n, s in meta.pop("layers", {}).items()}
         if not layers:
             raise HifieditError(f"{cfg_path} records no modulated layers.")

@@ -65,12 +65,17 @@ def modulated_weights(unet: nn.Module, deltas: Mapping[str, torch.Tensor]) -> di
     return out
 
 
-def _current(unet: nn.Module, name: str) -> torch.Tensor | None:
-    path, attr = name.rsplit(".", 1)
+def _submodule(unet: nn.Module, path: str) -> nn.Module | None:
+    """A direct lookup: this runs at every sampling step, so no walk over all modules."""
     try:
-        value = getattr(unet.get_submodule(path), attr)
+        return unet.get_submodule(path)
     except AttributeError:
         return None
+
+
+def _current(unet: nn.Module, name: str) -> torch.Tensor | None:
+    path, attr = name.rsplit(".", 1)
+    value = getattr(_submodule(unet, path), attr, None)
     return value if isinstance(value, torch.Tensor) else None
 
 
@@ -78,11 +83,10 @@ def _current(unet: nn.Module, name: str) -> torch.Tensor | None:
 def per_sample_convs(unet: nn.Module, weights: Mapping[str, torch.Tensor]):
     """Within the block, each Conv2d whose ``weight`` is named in ``weights`` (B, C_out, C_in/g,
     k, k) convolves sample b of its input with weights[b]: one grouped convolution per layer."""
-    modules = dict(unet.named_modules())
     targets = []
     for name, w in weights.items():
         path, attr = name.rsplit(".", 1)
-        conv = modules.get(path)
+        conv = _submodule(unet, path)
         if attr != "weight" or not isinstance(conv, nn.Conv2d):
             raise HifieditError(f"{name} is not the weight of a Conv2d; only convolutions are modulated.")
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
