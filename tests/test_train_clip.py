@@ -16,6 +16,7 @@ from hifiedit.train.clip import (
     augment,
     sample_batch,
     train_clip,
+    tokenizer_digest,
     train_tokenizer,
 )
 from hifiedit.config import config_from_dict
@@ -191,3 +192,18 @@ def test_cli_train_and_eval_smoke(tmp_path, small_openmoji, capsys):
     assert "steps: **2**" in card and "skin_tone_acc" in card and "CC BY-SA" in card
     assert (dest / "training.png").is_file() and load_clip(dest).role == "guide"
     assert main(["release", "clip", "--run", str(out), "--to", str(dest)]) == 1  # no clobber
+
+
+def test_tokenizer_digest_ignores_call_state_and_survives_a_save(tmp_path, tokenizer):
+    # A fresh tokenizer is saved at the start of a run; the digest is taken after batches
+    # have set padding/truncation on the backend. Resume compares it with the saved copy.
+    from transformers import AutoTokenizer
+
+    data = _data()
+    fresh = train_tokenizer([c for v in data.captions for c in v], 600, 16)
+    fresh.save_pretrained(tmp_path / "tok")
+    fresh(["red square", "a blue circle at the top"], padding=True, truncation=True)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "tok", local_files_only=True)
+    assert tokenizer_digest(fresh) == tokenizer_digest(reloaded)
+    other = train_tokenizer(["completely different words only"] * 4, 300, 16)
+    assert tokenizer_digest(other) != tokenizer_digest(reloaded)

@@ -164,8 +164,12 @@ def train_tokenizer(texts: list[str], vocab_size: int, max_length: int):
 
 
 def tokenizer_digest(tokenizer) -> str:
-    """Content hash of a tokenizer (vocabulary and merges), stored in checkpoints."""
-    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+    """Content hash of a tokenizer (vocabulary and merges), stored in checkpoints.
+
+    Only the BPE model section is hashed: the backend tokenizer also serialises the padding
+    and truncation state left by the last call, which changes after the first batch."""
+    bpe = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    return hashlib.sha256(json.dumps(bpe, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- model
