@@ -176,6 +176,20 @@ def test_eval_recon_rectified_rows_plot_and_grid(tiny, tmp_path):
     for d, r in zip(same["rows"][:2], same["rows"][2:]):
         assert r["psnr"] == pytest.approx(d["psnr"], abs=1e-3)
 
+    # Release: the EMA rectifier loads from the shipped folder; the card carries the table
+    # and the eval's figures; an existing release is kept unless --force.
+    dest = tmp_path / "released"
+    assert main(["release", "rectifier", "--run", str(tmp_path / "run"), "--to", str(dest),
+                 "--eval-json", str(tmp_path / "r.json")]) == 0
+    Rectifier.from_pretrained(dest, bb.unet)
+    card = (dest / "README.md").read_text()
+    rect6 = next(r for r in report["rows"] if r["method"] == "rectified" and r["steps"] == 6)
+    assert f"{rect6['psnr']:.2f}" in card and str(folder) in card
+    assert {"training.png", "psnr_vs_steps.png", "comparison.png"} <= {p.name for p in dest.iterdir()}
+    assert main(["release", "rectifier", "--run", str(tmp_path / "run"), "--to", str(dest)]) == 1
+    assert main(["release", "rectifier", "--run", str(tmp_path / "nope"), "--to", str(tmp_path / "x")]) == 1
+    assert not (tmp_path / "x").exists()
+
 
 def test_cli_eval_recon_rectified_needs_a_rectifier(tiny, capsys):
     folder, _ = tiny

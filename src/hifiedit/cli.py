@@ -63,19 +63,15 @@ def cmd_eval_clip(args) -> None:
     print(format_report(report))
 
 
-def cmd_release_base(args) -> None:
+def cmd_release(args) -> None:
     from hifiedit.train.release import release_base_model
-
-    dest = release_base_model(Path(args.run), Path(args.to),
-                              Path(args.eval_json) if args.eval_json else None, force=args.force)
-    print(f"released {args.run} to {dest} (see {dest / 'README.md'})")
-
-
-def cmd_release_clip(args) -> None:
     from hifiedit.train.release_clip import release_clip_model
+    from hifiedit.train.release_rectifier import release_rectifier_model
 
-    dest = release_clip_model(Path(args.run), Path(args.to),
-                              Path(args.eval_json) if args.eval_json else None, force=args.force)
+    release = {"base": release_base_model, "clip": release_clip_model,
+               "rectifier": release_rectifier_model}[args.what]
+    dest = release(Path(args.run), Path(args.to),
+                   Path(args.eval_json) if args.eval_json else None, force=args.force)
     print(f"released {args.run} to {dest} (see {dest / 'README.md'})")
 
 
@@ -273,19 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     rel = sub.add_parser("release", help="ship a trained model with a model card")
     rel_sub = rel.add_subparsers(dest="what", required=True)
-    rb = rel_sub.add_parser("base")
-    rb.add_argument("--run", required=True, help="the --out folder of `train base`")
-    rb.add_argument("--to", required=True, help="destination model folder")
-    rb.add_argument("--eval-json", help="an `eval recon` report to put in the model card")
-    rb.add_argument("--force", action="store_true", help="replace an existing destination")
-    rb.set_defaults(func=cmd_release_base)
-    rc = rel_sub.add_parser("clip")
-    rc.add_argument("--run", required=True, help="the --out folder of `train clip`")
-    rc.add_argument("--to", required=True,
-                    help="destination, e.g. src/hifiedit/assets/models/openmoji32-clip")
-    rc.add_argument("--eval-json", help="an `eval clip` report to put in the model card")
-    rc.add_argument("--force", action="store_true", help="replace an existing destination")
-    rc.set_defaults(func=cmd_release_clip)
+    for what, run_of, dest, report in (
+        ("base", "train base", "src/hifiedit/assets/models/openmoji32-ddpm", "eval recon"),
+        ("clip", "train clip", "src/hifiedit/assets/models/openmoji32-clip", "eval clip"),
+        ("rectifier", "train rectifier", "src/hifiedit/assets/models/openmoji32-rectifier",
+         "eval recon --methods ddim,rectified"),
+    ):
+        rp = rel_sub.add_parser(what)
+        rp.add_argument("--run", required=True, help=f"the --out folder of `{run_of}`")
+        rp.add_argument("--to", required=True, help=f"destination, e.g. {dest}")
+        rp.add_argument("--eval-json", help=f"an `{report}` report to put in the model card")
+        rp.add_argument("--force", action="store_true", help="replace an existing destination")
+        rp.set_defaults(func=cmd_release)
 
     ev = sub.add_parser("eval", help="evaluate").add_subparsers(dest="what", required=True)
     er = ev.add_parser("recon", help="reconstruction PSNR/SSIM: DDIM and SDEdit")

@@ -7,12 +7,26 @@ pipeline folder and writes a model card whose every figure comes from the run's 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shutil
 from pathlib import Path
 
 from hifiedit.errors import HifieditError
+from hifiedit.runtime import atomic_folder
+
+
+@contextlib.contextmanager
+def staged_release(model_dir: Path, dest: Path, force: bool):
+    """Yield a temporary copy of a run's exported `model_dir` to add a card and figures to;
+    it replaces `dest` only when the block succeeds (a failure leaves `dest` as it was)."""
+    dest = Path(dest)
+    if dest.exists() and not force:
+        raise HifieditError(f"{dest} exists; pass --force to replace it.")
+    with atomic_folder(dest, "release") as tmp:
+        shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+        yield tmp
 
 
 def plot_losses(log_csv: Path, path: Path) -> None:
@@ -49,25 +63,26 @@ def _table(report: dict) -> str:
 
 def release_base_model(run: Path, dest: Path, eval_json: Path | None = None,
                        force: bool = False) -> Path:
-    from hifiedit.data.openmoji import ATTRIBUTION
-    from hifiedit.runtime import machine_description
-    from hifiedit.train.base import BaseTrainConfig, sample_grid
     from hifiedit.config import config_from_dict
+    from hifiedit.train.base import BaseTrainConfig
 
     run, dest = Path(run), Path(dest)
     state_file = run / "checkpoint" / "state.json"
     if not state_file.is_file() or not (run / "model" / "model_index.json").is_file():
         raise HifieditError(f"{run} is not a finished base-training run (no checkpoint/model).")
-    if dest.exists() and not force:
-        raise HifieditError(f"{dest} exists; pass --force to replace it.")
     state = json.loads(state_file.read_text())
     config = config_from_dict(BaseTrainConfig, state["config"])
     report = json.loads(Path(eval_json).read_text()) if eval_json else None
+    with staged_release(run / "model", dest, force) as tmp:
+        _write_base_release(tmp, run, dest, state, config, report)
+    return dest
 
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(run / "model", tmp)
+
+def _write_base_release(tmp: Path, run: Path, dest: Path, state: dict, config, report) -> None:
+    from hifiedit.data.openmoji import ATTRIBUTION
     from hifiedit.diffusion.backbone import load_backbone
+    from hifiedit.runtime import machine_description
+    from hifiedit.train.base import sample_grid
 
     bb = load_backbone(tmp)
     sample_grid(bb.unet, bb.alphas_cumprod.float(), config, tmp / "samples.png")
@@ -132,8 +147,4 @@ Training config (`state.json` of the checkpoint):
 {ATTRIBUTION}
 """
     (tmp / "README.md").write_text(card)
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    return dest
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 from hifiedit.errors import HifieditError
+from hifiedit.train.release import staged_release
 
 MAX_BYTES = 10 * 2**20  # issue 3: each shipped CLIP ≤ 10 MB
 _KEYS = ("skin_tone_acc", "gender_acc", "retrieval_top1", "retrieval_top5", "pair_direction_cos")
@@ -43,26 +43,27 @@ def _plot(log_csv: Path, path: Path) -> None:
 
 def release_clip_model(run: Path, dest: Path, eval_json: Path | None = None,
                        force: bool = False) -> Path:
-    from hifiedit.data.openmoji import ATTRIBUTION
     from hifiedit.guidance.clip import ROLE_FILE
 
     run, dest = Path(run), Path(dest)
     state_file = run / "checkpoint" / "state.json"
     if not state_file.is_file() or not (run / "model" / ROLE_FILE).is_file():
         raise HifieditError(f"{run} is not a CLIP training run (no checkpoint or model/).")
-    if dest.exists() and not force:
-        raise HifieditError(f"{dest} exists; pass --force to replace it.")
     weights = run / "model" / "model.safetensors"
     if weights.stat().st_size > MAX_BYTES:
         raise HifieditError(f"{weights} is {weights.stat().st_size / 2**20:.1f} MB; shipped CLIPs "
                             f"must be ≤ {MAX_BYTES / 2**20:.0f} MB (choose a smaller config).")
     state = json.loads(state_file.read_text())
-    config = state["config"]
     report = json.loads(Path(eval_json).read_text()) if eval_json else None
+    with staged_release(run / "model", dest, force) as tmp:
+        _write_clip_release(tmp, run, dest, state, report)
+    return dest
 
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(run / "model", tmp)
+
+def _write_clip_release(tmp: Path, run: Path, dest: Path, state: dict, report) -> None:
+    from hifiedit.data.openmoji import ATTRIBUTION
+
+    config = state["config"]
     _plot(run / "log.csv", tmp / "training.png")
     rows = list(csv.DictReader((run / "log.csv").open()))
     ips = [float(r["img_per_s"]) for r in rows[-20:]]
@@ -115,7 +116,3 @@ Training config:
 {ATTRIBUTION}
 """
     (tmp / "README.md").write_text(card)
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    return dest
