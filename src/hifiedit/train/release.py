@@ -29,6 +29,15 @@ def staged_release(model_dir: Path, dest: Path, force: bool):
         yield tmp
 
 
+def card_tail(commands: list[str], config: dict) -> str:
+    """The end every model card shares: how to reproduce it, the config, the data licence."""
+    from hifiedit.data.openmoji import ATTRIBUTION
+
+    lines = "\n".join(f"    {c}" for c in commands)
+    return (f"\n## Reproduce\n\n{lines}\n\nTraining config (`state.json` of the checkpoint):\n\n"
+            f"```json\n{json.dumps(config, indent=1)}\n```\n\n## Data licence\n\n{ATTRIBUTION}\n")
+
+
 def plot_losses(log_csv: Path, path: Path) -> None:
     import matplotlib
 
@@ -79,7 +88,6 @@ def release_base_model(run: Path, dest: Path, eval_json: Path | None = None,
 
 
 def _write_base_release(tmp: Path, run: Path, dest: Path, state: dict, config, report) -> None:
-    from hifiedit.data.openmoji import ATTRIBUTION
     from hifiedit.diffusion.backbone import load_backbone
     from hifiedit.runtime import machine_description
     from hifiedit.train.base import sample_grid
@@ -91,7 +99,6 @@ def _write_base_release(tmp: Path, run: Path, dest: Path, state: dict, config, r
     held = [r for r in rows if r["heldout_loss"]]
     last_held = f"{float(held[-1]['heldout_loss']):.4f} at step {held[-1]['step']}" if held else "n/a"
     ips = [float(r["img_per_s"]) for r in rows[-20:]]
-    cfg = json.dumps(state["config"], indent=1)
     status = ("" if state["step"] >= config.max_steps else
               f"**Snapshot of a run in progress** (step {state['step']} of max_steps "
               f"{config.max_steps}); `hifiedit train base --out RUN --resume` continues it.\n")
@@ -129,22 +136,10 @@ code path serves both. These are the EMA weights (decay {config.ema_decay}).
                  + _table(report) + "\n")
     else:
         card += "\nNot measured for this release.\n"
-    card += f"""
-## Reproduce
-
-    hifiedit train base --config configs/base-openmoji32.json --out runs/base-openmoji32
-    hifiedit train base --out runs/base-openmoji32 --resume        # after an interruption
-    hifiedit release base --run runs/base-openmoji32 --to {dest} --eval-json FILE
-
-Training config (`state.json` of the checkpoint):
-
-```json
-{cfg}
-```
-
-## Data licence
-
-{ATTRIBUTION}
-"""
+    card += card_tail([
+        "hifiedit train base --config configs/base-openmoji32.json --out runs/base-openmoji32",
+        "hifiedit train base --out runs/base-openmoji32 --resume        # after an interruption",
+        f"hifiedit release base --run runs/base-openmoji32 --to {dest} --eval-json FILE",
+    ], state["config"])
     (tmp / "README.md").write_text(card)
 

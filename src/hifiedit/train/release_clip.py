@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from hifiedit.errors import HifieditError
-from hifiedit.train.release import staged_release
+from hifiedit.train.release import card_tail, staged_release
 
 MAX_BYTES = 10 * 2**20  # issue 3: each shipped CLIP ≤ 10 MB
 _KEYS = ("skin_tone_acc", "gender_acc", "retrieval_top1", "retrieval_top5", "pair_direction_cos")
@@ -61,8 +61,6 @@ def release_clip_model(run: Path, dest: Path, eval_json: Path | None = None,
 
 
 def _write_clip_release(tmp: Path, run: Path, dest: Path, state: dict, report) -> None:
-    from hifiedit.data.openmoji import ATTRIBUTION
-
     config = state["config"]
     _plot(run / "log.csv", tmp / "training.png")
     rows = list(csv.DictReader((run / "log.csv").open()))
@@ -97,22 +95,10 @@ the test split never seen).
                            for k in _KEYS))
     else:
         card += "\nNot measured for this release.\n"
-    card += f"""
-## Reproduce
-
-    hifiedit train clip --config configs/{'judge' if role == 'judge' else 'clip'}-openmoji32.json --out {run}
-    hifiedit train clip --out {run} --resume        # after an interruption
-    hifiedit eval clip --model {run}/model --split test --json FILE
-    hifiedit release clip --run {run} --to {dest} --eval-json FILE
-
-Training config:
-
-```json
-{json.dumps(config, indent=1)}
-```
-
-## Data licence
-
-{ATTRIBUTION}
-"""
+    card += card_tail([
+        f"hifiedit train clip --config configs/{'judge' if role == 'judge' else 'clip'}-openmoji32.json --out {run}",
+        f"hifiedit train clip --out {run} --resume        # after an interruption",
+        f"hifiedit eval clip --model {run}/model --split test --json FILE",
+        f"hifiedit release clip --run {run} --to {dest} --eval-json FILE",
+    ], config)
     (tmp / "README.md").write_text(card)

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from hifiedit.errors import HifieditError
-from hifiedit.train.release import staged_release
+from hifiedit.train.release import card_tail, staged_release
 
 MAX_BYTES = 20 * 2**20  # issue 4: the default rectifier ≤ 20 MB
 
@@ -80,8 +80,6 @@ def release_rectifier_model(run: Path, dest: Path, eval_json: Path | None = None
 
 
 def _write_card(tmp: Path, run: Path, dest: Path, state: dict, report, n_bytes: int) -> None:
-    from hifiedit.data.openmoji import ATTRIBUTION
-
     config = state["config"]
     plot_training(run / "log.csv", state.get("val_psnr_ddim", {}), tmp / "training.png")
     rows = list(csv.DictReader((run / "log.csv").open()))
@@ -127,22 +125,10 @@ estimate P_t it modulates the frozen base U-Net's **{n_layers} mid- and up-block
                      "![comparison](comparison.png)\n")
     else:
         card += "\nNot measured for this release.\n"
-    card += f"""
-## Reproduce
-
-    hifiedit train rectifier --base default --config configs/rectifier-openmoji32.json --out {run}
-    hifiedit train rectifier --base default --out {run} --resume     # after an interruption
-    hifiedit eval recon --methods ddim,rectified --rectifier {run}/rectifier --limit 128 --json FILE
-    hifiedit release rectifier --run {run} --to {dest} --eval-json FILE
-
-Training config:
-
-```json
-{json.dumps(config, indent=1)}
-```
-
-## Data licence
-
-{ATTRIBUTION}
-"""
+    card += card_tail([
+        f"hifiedit train rectifier --base default --config configs/rectifier-openmoji32.json --out {run}",
+        f"hifiedit train rectifier --base default --out {run} --resume     # after an interruption",
+        f"hifiedit eval recon --methods ddim,rectified --rectifier {run}/rectifier --limit 128 --json FILE",
+        f"hifiedit release rectifier --run {run} --to {dest} --eval-json FILE",
+    ], config)
     (tmp / "README.md").write_text(card)
