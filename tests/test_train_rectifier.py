@@ -19,6 +19,9 @@ from hifiedit.train.rectifier import (
     RectifierTrainConfig,
     build_points,
     chain_loss,
+    draw_batch,
+    ideal_states,
+    implied_noise,
     rollout,
     train_rectifier,
 )
@@ -75,6 +78,32 @@ def test_cache_hit_is_identical_and_keyed_by_content(tiny, tmp_path):
     changed = TrajectoryCache(tmp_path / "c", bb2, t0=200, max_points=4)
     changed.get(x, 6)
     assert changed.misses == 3
+
+
+def test_ideal_path_is_the_chain_of_a_perfect_rectifier(tiny, tmp_path):
+    # A chain whose every estimate P_t is x0 (ε = the implied noise n*) walks exactly
+    # √ᾱ x0 + √(1−ᾱ) n* and ends at x0: the "ideal" start states the trainer draws.
+    from hifiedit.diffusion import generate
+
+    _, bb = tiny
+    x0 = _images(3, 0)
+    cache = TrajectoryCache(tmp_path / "c", bb, t0=200, max_points=4)
+    points = build_points(cache, x0, (6,), progress=False)
+    p, ac = points[6], bb.alphas_cumprod
+    assert torch.allclose(p.noise, implied_noise(p.states[:, -1], x0, ac[200]))
+    traj = generate(lambda x, t: p.noise, p.states[:, -1], p.levels.tolist(), ac)
+    for i, state in enumerate(traj.states[:-1]):  # generation runs from level S down to 1
+        level = p.levels[len(p.levels) - 1 - i].expand(3)
+        torch.testing.assert_close(state, ideal_states(x0, p.noise, ac[level]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(traj.final, x0, atol=1e-5, rtol=0)  # the last move lands on ᾱ = 1
+    # Drawn start states lie on that path at their level, at least k + 1 steps above 0.
+    config = RectifierTrainConfig(**{**TINY, "step_grids": (6,)})
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        s, k, xs, x, j = draw_batch(points, x0, config, gen, ac)
+        assert s == 6 and ((j >= k + 1) & (j <= 6)).all()
+        noise = torch.stack([p.noise[(x0 == a).flatten(1).all(1).nonzero()[0, 0]] for a in xs])
+        torch.testing.assert_close(x, ideal_states(xs, noise, ac[p.levels[j]]))
 
 
 def _fixed_loss(bb, rect, points, x0):
