@@ -61,8 +61,8 @@ def main():
                 "modulated_grouped": median_ms(lambda: modulated_forward(unet, x, t, deltas, "grouped"), args.repeats),
                 "rectifier": median_ms(lambda: rect(None, x, t, x0_code=code), args.repeats),
                 "plain_eps": median_ms(lambda: bb.eps(x, t), args.repeats),
-                "rectified_eps_grouped": median_ms(lambda: rectified_eps(bb, rect, x, t, code), args.repeats),
-                "rectified_eps_vmap": median_ms(lambda: rectified_eps(bb, rect, x, t, code, method="vmap"), args.repeats),
+                "rectified_eps_grouped": median_ms(lambda: rectified_eps(bb, rect, x, t, code, step=torch.tensor(20)), args.repeats),
+                "rectified_eps_vmap": median_ms(lambda: rectified_eps(bb, rect, x, t, code, method="vmap", step=torch.tensor(20)), args.repeats),
             }
         row["ratio_grouped"] = round(row["rectified_eps_grouped"] / row["plain_eps"], 2)
         row["ratio_vmap"] = round(row["rectified_eps_vmap"] / row["plain_eps"], 2)

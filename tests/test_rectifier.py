@@ -257,3 +257,24 @@ def test_modulating_another_network_psi_uses_p_t_from_the_base(backbone, unet, b
 
     a = backbone.alphas_cumprod[t]
     torch.testing.assert_close(p_t, predict_x0(x_t, backbone.eps(x_t, t), a), rtol=0, atol=1e-5)
+
+
+def test_step_conditioned_rectifier_reads_each_move_size_from_the_grid(backbone, batch):
+    from dataclasses import replace
+
+    x0, x_t, _ = batch
+    r = Rectifier.for_unet(backbone.unet, replace(SMALL, step_embedding=True))
+    with torch.no_grad():  # a non-zero rectifier, so that the step size changes ε
+        for b in r.branches:
+            b.spatial.weight.normal_(0, 0.05)
+    grid = ddim_timesteps(200, 4)  # moves of 50
+    fn = rectified_eps_fn(backbone, r, x0, timesteps=grid)
+    t = torch.tensor(grid[-1])
+    code = r.encode_x0(x0)
+    with torch.no_grad():
+        torch.testing.assert_close(fn(x_t, t), rectified_eps(backbone, r, x_t, t, code, step=torch.tensor(50)))
+        assert not torch.allclose(fn(x_t, t), rectified_eps(backbone, r, x_t, t, code, step=torch.tensor(5)))
+    with pytest.raises(HifieditError, match="not a generation level"):
+        fn(x_t, torch.tensor(7))
+    with pytest.raises(HifieditError, match="step size"):
+        rectified_eps_fn(backbone, r, x0)(x_t, t)

@@ -18,11 +18,11 @@ from hifiedit.rectifier import Rectifier
 from hifiedit.train.rectifier import (
     RectifierTrainConfig,
     build_points,
-    chain_loss,
     draw_batch,
     ideal_states,
     implied_noise,
-    rollout,
+    iteration_loss,
+    landing_target,
     train_rectifier,
 )
 from hifiedit.train.trajectories import TrajectoryCache, kept_points
@@ -96,24 +96,49 @@ def test_ideal_path_is_the_chain_of_a_perfect_rectifier(tiny, tmp_path):
         level = p.levels[len(p.levels) - 1 - i].expand(3)
         torch.testing.assert_close(state, ideal_states(x0, p.noise, ac[level]), atol=1e-5, rtol=0)
     torch.testing.assert_close(traj.final, x0, atol=1e-5, rtol=0)  # the last move lands on ᾱ = 1
-    # Drawn start states lie on that path at their level, at least k + 1 steps above 0.
-    config = RectifierTrainConfig(**{**TINY, "step_grids": (6,)})
+    # Drawn start states (target "x0") lie on that path at their level, ≥ k + 1 steps above 0.
+    config = RectifierTrainConfig(**{**TINY, "step_grids": (6,), "target": "x0"})
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):
-        s, k, xs, x, j = draw_batch(points, x0, config, gen, ac)
-        assert s == 6 and ((j >= k + 1) & (j <= 6)).all()
-        noise = torch.stack([p.noise[(x0 == a).flatten(1).all(1).nonzero()[0, 0]] for a in xs])
-        torch.testing.assert_close(x, ideal_states(xs, noise, ac[p.levels[j]]))
+        d = draw_batch(bb, points, x0, config, gen)
+        assert d.s == 6 and d.landing is None and ((d.j >= d.k + 1) & (d.j <= 6)).all()
+        noise = torch.stack([p.noise[(x0 == a).flatten(1).all(1).nonzero()[0, 0]] for a in d.x0])
+        torch.testing.assert_close(d.x, ideal_states(d.x0, noise, ac[p.levels[d.j]]))
 
 
-def _fixed_loss(bb, rect, points, x0):
-    """The training loss on fixed points: a roll-out of 1 step from the top, then 1 loss step."""
-    p = points[6]
-    j = torch.full((len(x0),), 6)
+def test_trajectory_draws_are_inversion_states_and_targets_land_on_them(tiny, tmp_path):
+    _, bb = tiny
+    x0 = _images(3, 0)
+    cache = TrajectoryCache(tmp_path / "c", bb, t0=200, max_points=4)
+    points = build_points(cache, x0, (6,), progress=False)
+    p, ac = points[6], bb.alphas_cumprod
     with torch.no_grad():
-        code = rect.encode_x0(x0)
-        x, j = rollout(bb, rect, p.states[:, -1], code, p.levels, j, 1)
-        return chain_loss(bb, rect, x0, x, code, p.levels, j, 2).item()
+        inv = torch.stack(invert(bb.eps, x0, p.levels.tolist(), ac).states, 1)  # (N, S+1, ...)
+    config = RectifierTrainConfig(**{**TINY, "step_grids": (6,), "grad_chain_steps": 2})
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(6):
+        d = draw_batch(bb, points, x0, config, gen)
+        rows = [int((x0 == a).flatten(1).all(1).nonzero()[0, 0]) for a in d.x0]
+        assert ((d.j >= d.k + 2) & (d.j <= 6)).all()
+        torch.testing.assert_close(d.x, inv[rows, d.j], atol=1e-5, rtol=0)  # recomputed moves
+        for r, landing in enumerate(d.landing):  # move r lands k + r + 1 levels below the start
+            torch.testing.assert_close(landing, inv[rows, d.j - d.k - r - 1], atol=1e-5, rtol=0)
+    # The target P* makes the DDIM move land exactly, also on the clean level (ᾱ = 1).
+    from hifiedit.diffusion.ddim import ddim_step
+
+    x, x_next = inv[:, 3], inv[:, 2]
+    a, a_next = ac[p.levels[3]].expand(3), ac[p.levels[2]].expand(3)
+    target = landing_target(x, x_next, a, a_next)
+    eps = (x - a.sqrt().view(-1, 1, 1, 1) * target) / (1 - a).sqrt().view(-1, 1, 1, 1)
+    torch.testing.assert_close(ddim_step(x, eps, a, a_next).float(), x_next, atol=1e-5, rtol=0)
+    torch.testing.assert_close(landing_target(inv[:, 1], x0, a, torch.ones(3)), x0)
+
+
+def _fixed_loss(bb, rect, points, x0, config):
+    """The training loss (log error ratio to θ's, in nepers) on 8 fixed draws."""
+    gen = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        return sum(iteration_loss(bb, rect, points, x0, config, gen).item() for _ in range(8)) / 8
 
 
 def test_training_lowers_the_loss(tiny, tmp_path):
@@ -127,14 +152,16 @@ def test_training_lowers_the_loss(tiny, tmp_path):
     points = build_points(TrajectoryCache(tmp_path / "cache", bb, 200, max_points=4), x0, (6,), False)
     zero = Rectifier.for_unet(bb.unet, config.rectifier_config())
     trained = Rectifier.from_pretrained(tmp_path / "run" / "rectifier", bb.unet)
-    before, after = _fixed_loss(bb, zero, points, x0), _fixed_loss(bb, trained, points, x0)
-    assert after < 0.8 * before, (before, after)
+    before = _fixed_loss(bb, zero, points, x0, config)
+    after = _fixed_loss(bb, trained, points, x0, config)
+    assert abs(before) < 1e-6  # a zero rectifier is θ itself: error ratio 1
+    assert after < -0.1, after  # ≥ 0.4 dB closer to the landing targets than θ
     log = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert log[0] == "step,loss,lr,it_per_s,val_psnr_3,wall_s" and len(log) == 41
 
 
 # Backprop through 2-step chains with the SSIM term: the most state a resume must restore.
-CHAIN = {"grad_chain_steps": 2, "ssim_weight": 0.1}
+CHAIN = {"grad_chain_steps": 2, "ssim_weight": 0.1, "loss": "mse"}
 
 
 def test_resume_continues_identically(tiny, tmp_path):

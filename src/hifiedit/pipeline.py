@@ -89,15 +89,18 @@ class HifiEditPipeline:
         """DDIM generation from x_t0. With a rectifier and the original images `x0`, every
         step is rectified towards x0 (DESIGN §1); `unet` swaps in edited weights ψ."""
         x_t0 = self._check(x_t0)
-        return self._generate(self.eps_fn(x0, unet), x_t0, t0, steps, progress)
+        eps_fn = self.eps_fn(x0, unet, self.timesteps(t0, steps))
+        return self._generate(eps_fn, x_t0, t0, steps, progress)
 
-    def eps_fn(self, x0: torch.Tensor | None = None, unet: torch.nn.Module | None = None):
-        """The ε-callable of generation: θ or ψ (`unet`), rectified towards `x0` when this
-        pipeline has a rectifier and `x0` is given."""
+    def eps_fn(self, x0: torch.Tensor | None = None, unet: torch.nn.Module | None = None,
+               timesteps=None):
+        """The ε-callable of generation over the grid `timesteps`: θ or ψ (`unet`), rectified
+        towards `x0` when this pipeline has a rectifier and `x0` is given."""
         if self.rectifier is not None and x0 is not None:
             from hifiedit.rectifier import rectified_eps_fn
 
-            return rectified_eps_fn(self.backbone, self.rectifier, self._check(x0), unet=unet)
+            return rectified_eps_fn(self.backbone, self.rectifier, self._check(x0), unet=unet,
+                                    timesteps=timesteps)
         return (lambda x, t: self.backbone.eps(x, t, unet=unet)) if unet else self.backbone.eps
 
     def _generate(self, eps_fn, x_t0: torch.Tensor, t0: int, steps: int, progress: bool) -> Trajectory:
@@ -127,13 +130,13 @@ class HifiEditPipeline:
         if rectify and self.rectifier is None:
             raise HifieditError("rectified editing needs a rectifier; load the pipeline with one.")
         x0 = self._check(x0)
-        eps_fn = self._mixed_eps_fn(edits, x0 if rectify else None)
+        eps_fn = self._mixed_eps_fn(edits, x0 if rectify else None, self.timesteps(t0, steps))
         x_t0 = self.invert(x0, t0, s_for or steps, progress).final
         return self._generate(eps_fn, x_t0, t0, steps, progress).final
 
-    def _mixed_eps_fn(self, edits, x0: torch.Tensor | None):
+    def _mixed_eps_fn(self, edits, x0: torch.Tensor | None, timesteps=None):
         """ε of ψ for one edit; DiffusionCLIP's noise mixing (mean ε) for several."""
-        fns = [self.eps_fn(x0, e.unet(self.backbone)) for e in edits]
+        fns = [self.eps_fn(x0, e.unet(self.backbone), timesteps) for e in edits]
         return fns[0] if len(fns) == 1 else (lambda x, t: torch.stack([f(x, t) for f in fns]).mean(0))
 
     @torch.no_grad()

@@ -75,7 +75,7 @@ def run_bench(model: str = "default", rectifier: str | None = "default", batches
         g = torch.Generator().manual_seed(0)
         x0 = torch.rand((b, ch, size, size), generator=g) * 2 - 1
         x_t0 = torch.randn((b, ch, size, size), generator=g)
-        fns = {"ddim": backbone.eps, "rectified": rectified_eps_fn(backbone, rect, x0)}
+        fns = {"ddim": backbone.eps, "rectified": rectified_eps_fn(backbone, rect, x0, timesteps=grid)}
         for name, fn in fns.items():
             times = step_times_ms(fn, x_t0, grid, backbone.alphas_cumprod, repeats)
             step_ms[name][str(b)] = round(statistics.median(times), 2)

@@ -79,7 +79,7 @@ def reconstruct(backbone, x0: torch.Tensor, method: str, steps: int, t0: int,
                 raise HifieditError("method 'rectified' needs a rectifier.")
             from hifiedit.rectifier import rectified_eps_fn
 
-            eps_fn = rectified_eps_fn(backbone, rectifier, x0)
+            eps_fn = rectified_eps_fn(backbone, rectifier, x0, timesteps=ddim_timesteps(t0, steps))
         return generate(eps_fn, x_t0, ddim_timesteps(t0, steps), ac).final
 
 

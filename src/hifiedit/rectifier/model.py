@@ -57,6 +57,11 @@ class RectifierConfig:
     # factor: Δ is HyperStyle's per-input-channel k×k offset repeated over output channels).
     branch_hidden: int = 32
     pointwise_rank: int = 2
+    # Also embed the size of the move being taken, t − t_next: the correction that makes a
+    # DDIM move retrace the inversion is first order in the step size (large at S = 6, nearly
+    # nothing at S = 100), so one rectifier serves every step count only if it knows the step.
+    # Off = the paper's R(x0, P_t, t); our trainer turns it on.
+    step_embedding: bool = False
     in_channels: int = 3  # image channels; the encoder sees 2× this (x0 and P_t)
 
     def validate(self) -> None:
@@ -103,6 +108,7 @@ class GlobalEncoder(nn.Module):
         self.stem_p = nn.Conv2d(config.in_channels, c0, 3, padding=1, bias=False)
         self.time_proj = Timesteps(temb, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embed = TimestepEmbedding(temb, temb)
+        self.step_embed = TimestepEmbedding(temb, temb) if config.step_embedding else None
         blocks, prev = [], c0
         for i, c in enumerate(config.encoder_channels):
             blocks.append(ResnetBlock2D(in_channels=prev, out_channels=c, temb_channels=temb,
@@ -115,9 +121,16 @@ class GlobalEncoder(nn.Module):
     def encode_x0(self, x0: torch.Tensor) -> torch.Tensor:
         return self.stem_x0(x0)
 
-    def forward(self, p_t: torch.Tensor, t: torch.Tensor, x0_code: torch.Tensor) -> torch.Tensor:
+    def forward(self, p_t: torch.Tensor, t: torch.Tensor, x0_code: torch.Tensor,
+                step: torch.Tensor | None = None) -> torch.Tensor:
         t = t.reshape(-1).expand(p_t.shape[0]) if t.numel() == 1 else t
         temb = self.time_embed(self.time_proj(t).to(p_t.dtype))
+        if self.step_embed is not None:
+            if step is None:
+                raise HifieditError("this rectifier is conditioned on the step size t − t_next: "
+                                    "pass step= (or timesteps= to rectified_eps_fn).")
+            step = step.reshape(-1).expand(p_t.shape[0]) if step.numel() == 1 else step
+            temb = temb + self.step_embed(self.time_proj(step).to(p_t.dtype))
         h = x0_code + self.stem_p(p_t)
         for block in self.blocks:
             h = block(h, temb)
@@ -196,12 +209,14 @@ class Rectifier(nn.Module):
         return self.encoder.encode_x0(x0)
 
     def forward(self, x0: torch.Tensor | None, p_t: torch.Tensor, t: torch.Tensor,
-                x0_code: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                x0_code: torch.Tensor | None = None,
+                step: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``step``: the size t − t_next of the move this ε serves (config.step_embedding)."""
         if x0_code is None:
             if x0 is None:
                 raise HifieditError("Rectifier needs x0 or its precomputed x0_code.")
             x0_code = self.encode_x0(x0)
-        h = self.encoder(p_t, t, x0_code)
+        h = self.encoder(p_t, t, x0_code, step)
         return {name: branch(h) for name, branch in zip(self.layers, self.branches)}
 
     # ------------------------------------------------------------------ persistence (STYLE 4, 7)

@@ -203,12 +203,13 @@ def _as_eps(backbone, raw: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> to
 
 def rectified_eps(backbone, rectifier, x: torch.Tensor, t: torch.Tensor, x0_code: torch.Tensor,
                   unet: nn.Module | None = None, method: str = "grouped",
-                  return_parts: bool = False):
+                  return_parts: bool = False, step: torch.Tensor | None = None):
     """ε_{θ̂}(x_t, t), θ̂ = θ' ⊙ (1 + R(x0, P_t(ε_θ(x_t, t)), t)) (DESIGN §1).
 
     P_t always comes from the frozen base θ (``backbone.unet``) and enters R as an input (no
     gradient flows back through the base pass); the modulated pass uses ``unet`` if given
     (θ' = ψ, the edited network) and θ otherwise. ``x0_code`` is ``rectifier.encode_x0(x0)``.
+    ``step`` is the size t − t_next of the move (for a step-conditioned rectifier).
     With ``return_parts`` returns (ε, P_t, offsets).
     """
     base = backbone.unet
@@ -220,21 +221,34 @@ def rectified_eps(backbone, rectifier, x: torch.Tensor, t: torch.Tensor, x0_code
         raw = unet_up(base, down) if reuse else base(x, t, return_dict=False)[0]
     alpha = backbone.alphas_cumprod.to(x.device)[t.long()]
     p_t = predict_x0(x, _as_eps(backbone, raw, x, t), alpha)
-    deltas = rectifier(None, p_t, t, x0_code=x0_code)
+    deltas = rectifier(None, p_t, t, x0_code=x0_code, step=step)
     eps = _as_eps(backbone, modulated_forward(target, x, t, deltas, method, down), x, t)
     return (eps, p_t, deltas) if return_parts else eps
 
 
 def rectified_eps_fn(backbone, rectifier, x0: torch.Tensor, unet: nn.Module | None = None,
-                     method: str = "grouped") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+                     method: str = "grouped",
+                     timesteps=None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """An ε-callable for :func:`~hifiedit.diffusion.ddim.generate` that rectifies every step
     towards the original images ``x0`` (B, C, H, W). The x0 half of the rectifier's encoder
-    runs here, once per image, instead of at every step."""
+    runs here, once per image, instead of at every step. ``timesteps``: the generation grid
+    (ascending levels, as given to ``generate``), which tells a step-conditioned rectifier
+    the size of each move."""
     x0_code = rectifier.encode_x0(x0)
+    levels = [int(v) for v in timesteps] if timesteps is not None else None
+    step_of = {levels[i]: levels[i] - levels[i - 1] for i in range(1, len(levels))} if levels else {}
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != x0.shape[0]:
             raise HifieditError(f"rectified ε for {x0.shape[0]} images called with {x.shape[0]}.")
-        return rectified_eps(backbone, rectifier, x, t, x0_code, unet=unet, method=method)
+        step = None
+        if step_of:
+            try:
+                step = torch.tensor([step_of[int(v)] for v in t.reshape(-1)], device=x.device)
+            except KeyError as e:
+                raise HifieditError(f"rectified ε called at t = {e.args[0]}, which is not a "
+                                    f"generation level of its grid {levels}.") from None
+        return rectified_eps(backbone, rectifier, x, t, x0_code, unet=unet, method=method,
+                             step=step)
 
     return eps_fn

@@ -198,13 +198,15 @@ class EditTask:
     def alpha(self, t: torch.Tensor) -> torch.Tensor:
         return self.backbone.alphas_cumprod.to(torch.float64)[t]
 
-    def eps(self, x: torch.Tensor, t: torch.Tensor, x0_code: torch.Tensor | None) -> torch.Tensor:
-        """ε_{ψ⊙(1+R(x0, P_t^θ))}(x_t, t), or ε_ψ without a rectifier (DESIGN §1)."""
+    def eps(self, x: torch.Tensor, t: torch.Tensor, x0_code: torch.Tensor | None,
+            step: torch.Tensor) -> torch.Tensor:
+        """ε_{ψ⊙(1+R(x0, P_t^θ))}(x_t, t), or ε_ψ without a rectifier (DESIGN §1); ``step`` is
+        the size of the DDIM move this ε serves (the rectifier may be conditioned on it)."""
         if self.rectifier is None:
             return self.backbone.eps(x, t, unet=self.psi)
         from hifiedit.rectifier import rectified_eps
 
-        return rectified_eps(self.backbone, self.rectifier, x, t, x0_code, unet=self.psi)
+        return rectified_eps(self.backbone, self.rectifier, x, t, x0_code, unet=self.psi, step=step)
 
     def x0_code(self, x0: torch.Tensor) -> torch.Tensor | None:
         if self.rectifier is None:
@@ -240,7 +242,8 @@ def score_matching_step(task: EditTask, gen: torch.Generator) -> float:
     idx = torch.randint(len(task.images), (b,), generator=gen)
     pos = torch.randint(len(task.kept), (b,), generator=gen)
     x, t = task.states[idx, pos], task.levels[task.kept[pos]]
-    eps = task.eps(x, t, task.x0_code(task.images[idx]))
+    step = t - task.levels[task.kept[pos] - 1]  # the S_for grid's move down from t
+    eps = task.eps(x, t, task.x0_code(task.images[idx]), step)
     loss = task.loss(predict_x0(x, eps, task.alpha(t)), idx)
     loss.backward()
     return loss.item()
@@ -253,10 +256,15 @@ def markovian_step(task: EditTask, gen: torch.Generator) -> float:
     idx = torch.randint(len(task.images), (c.batch_size,), generator=gen)
     code = task.x0_code(task.images[idx])
     grid = task.conventions.timesteps(c.t0, c.s_train)
+    step_of = {grid[i]: grid[i] - grid[i - 1] for i in range(1, len(grid))}
     x_t0 = task.states[idx, -1]  # kept always ends at the top level t0
     ac = task.backbone.alphas_cumprod
+
+    def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return task.eps(x, t, code, torch.tensor(step_of[int(t.reshape(-1)[0])]))
+
     if c.markovian_variant == "full":
-        traj = generate(lambda x, t: task.eps(x, t, code), x_t0, grid, ac, task.conventions)
+        traj = generate(eps_fn, x_t0, grid, ac, task.conventions)
         loss = torch.stack([task.loss(p, idx) for p in traj.x0_preds]).mean()
         loss.backward()
         return loss.item()
@@ -267,7 +275,7 @@ def markovian_step(task: EditTask, gen: torch.Generator) -> float:
         # with no graph, and the chain continues from detached values.
         nonlocal total
         x = x.detach()
-        eps = task.eps(x, t, code)
+        eps = eps_fn(x, t)
         loss = task.loss(predict_x0(x, eps, task.alpha(t)), idx) / c.s_train
         loss.backward()
         total += loss.item()

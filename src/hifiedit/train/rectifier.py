@@ -3,26 +3,33 @@
 The base U-Net θ stays frozen. Each training image is inverted once per step-count grid
 (cached by content hash, :mod:`hifiedit.train.trajectories`). Each iteration draws a step
 count S from a small set of grids (so one rectifier serves 6…200 steps while the caches stay
-affordable on CPU), B images and, per image, a point x_{τ_j} of its S-step inversion
-trajectory; then
+affordable on CPU), B images, a roll-out length k ~ U{0…rollout_max} and, per image, a level
+of its S-step grid; then k rectified DDIM moves without gradient (the states an imperfect
+chain drifts to: scheduled sampling) and ``grad_chain_steps`` rectified moves with gradient,
+each scored on its clean estimate P̂ = P_t(ε_θ̂) against a target P* (``target``):
 
-0. **start state** at level τ_j (``start_states``). ``"ideal"`` (default): the state the chain
-   of a *perfect* rectifier passes through, x*_τ = √ᾱ_τ x0 + √(1−ᾱ_τ) n*, with n* the noise
-   implied by the inverted x_{t0}: a chain whose every estimate P_t is x0 keeps n* fixed and
-   walks exactly this path, so it is where the rectified chain runs (denoising score matching
-   with the image's own inverted noise). ``"inversion"``: the cached points of the inversion
-   trajectory itself. Measured (val split, S = 20, 250 iterations): the rectified chain stays
-   within 3e-5…4e-3 (MSE) of the ideal path but drifts 2e-4…1e-2 from the inversion
-   trajectory, which is itself up to 1e-2 away from the ideal path; trained on inversion points
-   the rectifier gained +1.5 dB at S = 6 and lost 9 dB at S = 20 (the issue's warning);
-1. **roll-out** (no gradient): k steps of *rectified* DDIM generation from the start state
-   with the current φ, k ~ U{0…rollout_max}, so the states an imperfect chain drifts to are
-   trained on too (scheduled sampling);
-2. **loss** on the state reached, through ``grad_chain_steps`` rectified steps *with*
-   gradient (backprop through a short chain when > 1): mean over those steps of
-   ‖P_t(ε_θ̂(x_t, t)) − x0‖² (+ ``ssim_weight`` · (1 − SSIM)). P_t = x0 at every step makes DDIM
-   generation return x0 exactly, whatever state the chain is in, so the target holds off the
-   inversion trajectory too.
+* ``"trajectory"`` (default): P* is the estimate whose DDIM move lands exactly on the next
+  state of the image's *inversion* trajectory (for the last move, onto x0 itself: P* = x0,
+  the paper's ‖P_t − x0‖²). The chain then retraces the inversion and ends at x0; the
+  correction this asks for shrinks with the step size (plain DDIM is near-exact at S = 100),
+  which the rectifier sees (``RectifierConfig.step_embedding``), so it can leave large-S
+  chains alone. Start states: inversion states, computed by k + grad_chain_steps inversion
+  moves (θ, no gradient) from a cached state or x0.
+* ``"x0"``: P* = x0 at every move, the paper's loss taken literally, from start states on the
+  *ideal* path x*_τ = √ᾱ_τ x0 + √(1−ᾱ_τ) n* (n* the noise implied by the inverted x_t0),
+  which a chain whose every P_t is x0 follows exactly.
+
+Measured on the default base (val split, 16 images, EMA after 250 iterations,
+``bench/rectifier_paths.py``): x0 targets at *inversion* points gave +1.5 dB at S = 6 and
+−9 dB at S = 20 (the issue's warning: the rectified chain runs 2e-4…1e-2 MSE away from the
+inversion trajectory, near the ideal path); x0 targets on the ideal path gave +3.1 dB at S = 6
+but still −5.4 dB at S = 20: P̂ stays ~10 % of θ's error along the path, and the drift that
+leaves is more than plain DDIM's own error at S ≥ 20. Hence ``"trajectory"``.
+
+``loss``: ``"log_ratio"`` (default) scores each move by log((e_R + c)/(e_θ + c)), e the
+squared error of the rectified and of θ's own estimate against P* — a gain in dB, so the
+tiny errors of large-S moves count as much as the big ones of S = 6 (an absolute MSE would
+let them be traded away); ``"mse"`` is ‖P̂ − P*‖² (+ ``ssim_weight`` · (1 − SSIM)).
 
 Trainer guarantees as for the base model (:mod:`hifiedit.train.base`): one saved
 ``torch.Generator`` makes a resumed run bit-identical to an uninterrupted one; atomic
@@ -66,9 +73,11 @@ from hifiedit.diffusion.backbone import model_digest
 from hifiedit.train.trajectories import TrajectoryCache
 
 # Fields that may differ when resuming: they change how long and how visibly we train, not what.
+# Squared errors below this (images in [-1, 1]; ≈ 86 dB) are not worth a gradient.
+LOG_FLOOR = 1e-9
 RESUMABLE_OVERRIDES = {"max_steps", "log_every", "checkpoint_every", "eval_every", "threads"}
 _ARCH_FIELDS = ("encoder_channels", "norm_groups", "time_embed_dim", "feature_dim",
-                "branch_hidden", "pointwise_rank")
+                "branch_hidden", "pointwise_rank", "step_embedding")
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,7 @@ class RectifierTrainConfig:
     feature_dim: int = 128
     branch_hidden: int = 32
     pointwise_rank: int = 2
+    step_embedding: bool = True  # the rectifier sees the move's size (RectifierConfig)
     # Trajectories: DESIGN §3 evaluates at t0 = 400 with S_for = S_gen = S ∈ {6, 10, 20, 40,
     # 100}; a step count between or beyond the grids (200) is served by its neighbours: R sees
     # t and P_t, not S, and plain DDIM is already within ~0.1 dB of exact at S ≥ 100. Adding
@@ -91,13 +101,13 @@ class RectifierTrainConfig:
     # build to ~20 min (0 = the whole split, ~4 h). Roll-outs add state diversity per image.
     n_images: int = 256
     cache_points: int = 24  # kept states per trajectory (all of them for S ≤ 24)
-    # The mix of training states (module docstring): k ~ U{0…rollout_max} rectified no-grad
-    # steps from a cached inversion point (k = 0: the inversion point itself), then
-    # grad_chain_steps rectified steps with gradient and the loss on each one's P_t.
-    start_states: str = "ideal"  # or "inversion" (module docstring, step 0)
+    # What each move is scored against, and how (module docstring).
+    target: str = "trajectory"  # or "x0"
+    loss: str = "log_ratio"  # or "mse"
+    # k ~ U{0…rollout_max} rectified no-grad moves, then grad_chain_steps moves with gradient.
     rollout_max: int = 4
     grad_chain_steps: int = 1
-    ssim_weight: float = 0.0  # MSE alone targets PSNR, the issue's criterion
+    ssim_weight: float = 0.0  # loss "mse" only
     # Optimisation.
     batch_size: int = 16
     lr: float = 2e-4
@@ -123,8 +133,10 @@ class RectifierTrainConfig:
         require(all(1 <= s <= self.t0 for s in self.eval_steps), "eval_steps must be in [1, t0].")
         require(self.n_images >= 0 and self.n_val_images >= 0, "n_images/n_val_images must be ≥ 0.")
         require(self.cache_points >= 1, "cache_points must be ≥ 1.")
-        require(self.start_states in ("ideal", "inversion"),
-                f"start_states must be 'ideal' or 'inversion', got {self.start_states!r}.")
+        require(self.target in ("trajectory", "x0"),
+                f"target must be 'trajectory' or 'x0', got {self.target!r}.")
+        require(self.loss in ("log_ratio", "mse"), f"loss must be 'log_ratio' or 'mse', got {self.loss!r}.")
+        require(self.ssim_weight == 0 or self.loss == "mse", "ssim_weight needs loss 'mse'.")
         require(self.rollout_max >= 0, "rollout_max must be ≥ 0.")
         require(1 <= self.grad_chain_steps <= min(self.step_grids),
                 "grad_chain_steps must be between 1 and the smallest step grid.")
@@ -166,11 +178,24 @@ def ideal_states(x0: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor) -> 
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
-def draw_batch(points: dict[int, Points], images: torch.Tensor, config: RectifierTrainConfig,
-               gen: torch.Generator, alphas_cumprod: torch.Tensor):
-    """S, roll-out length k, and per sample an image, a start index j ≥ k + grad steps (so the
-    chain never reaches the clean level) and its start state. Always the same number of
-    draws per iteration."""
+@dataclass
+class Draw:
+    """One iteration's samples: step count S, roll-out length k, images x0 (B, C, H, W),
+    start states x at grid indices j (B,), and for target "trajectory" the inversion states
+    each gradient move must land on (``landing[r]`` for move r), else None."""
+
+    s: int
+    k: int
+    x0: torch.Tensor
+    x: torch.Tensor
+    j: torch.Tensor
+    landing: list[torch.Tensor] | None
+
+
+def draw_batch(backbone, points: dict[int, Points], images: torch.Tensor,
+               config: RectifierTrainConfig, gen: torch.Generator) -> Draw:
+    """S, k, and per sample an image and a start index j ≥ k + grad moves (so the chain never
+    passes the clean level). Always the same number of random draws per iteration."""
     grids = sorted(points)
     m = config.grad_chain_steps
     s = grids[int(torch.randint(len(grids), (1,), generator=gen))]
@@ -178,16 +203,36 @@ def draw_batch(points: dict[int, Points], images: torch.Tensor, config: Rectifie
     idx = torch.randint(len(images), (config.batch_size,), generator=gen)
     u = torch.rand(config.batch_size, generator=gen)
     p, x0 = points[s], images[idx]
-    if config.start_states == "ideal":  # any level of the grid from k + m to S
+    if config.target == "x0":  # ideal-path start at any level from k + m to S
         j = k + m + (u * (s + 1 - k - m)).long().clamp(max=s - k - m)
-        return s, k, x0, ideal_states(x0, p.noise[idx], alphas_cumprod[p.levels[j]]), j
-    first = int(torch.searchsorted(p.kept, torch.tensor(k + m)))  # kept always ends at S ≥ k + m
-    pos = first + (u * (len(p.kept) - first)).long().clamp(max=len(p.kept) - 1)
-    return s, k, x0, p.states[idx, pos], p.kept[pos]
+        return Draw(s, k, x0, ideal_states(x0, p.noise[idx], backbone.alphas_cumprod[p.levels[j]]),
+                    j, None)
+    # An inversion state x_i (x0 or a cached one, i + k + m ≤ S), then k + m inversion moves.
+    known = torch.cat([torch.zeros(1, dtype=p.kept.dtype), p.kept])
+    n_ok = int((known <= s - k - m).sum())
+    pos = (u * n_ok).long().clamp(max=n_ok - 1)
+    i = known[pos]
+    x = torch.cat([x0[:, None], p.states[idx]], dim=1)[torch.arange(len(idx)), pos]
+    path = [x]
+    with torch.no_grad():
+        for r in range(k + m):
+            t_from, t_to = p.levels[i + r], p.levels[i + r + 1]
+            x = ddim_step(x, backbone.eps(x, t_from), _alpha(backbone, t_from), _alpha(backbone, t_to))
+            path.append(x)
+    return Draw(s, k, x0, x, i + k + m, [path[m - 1 - r] for r in range(m)])
 
 
 def _alpha(backbone, levels: torch.Tensor) -> torch.Tensor:
     return backbone.alphas_cumprod.to(torch.float64)[levels]
+
+
+def _landing_alpha(backbone, levels: torch.Tensor) -> torch.Tensor:
+    """ᾱ a generation move lands on: 1 at the clean level (DDIMConventions.final_alpha_one)."""
+    return torch.where(levels == 0, torch.ones((), dtype=torch.float64), _alpha(backbone, levels))
+
+
+def _step(levels: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    return levels[j] - levels[j - 1]
 
 
 @torch.no_grad()
@@ -195,39 +240,55 @@ def rollout(backbone, rectifier, x, x0_code, levels: torch.Tensor, j: torch.Tens
     """k rectified DDIM generation moves τ_j → τ_{j−1} → … (per-sample j); returns (x, j − k)."""
     for _ in range(k):
         t_from, t_to = levels[j], levels[j - 1]
-        eps = rectified_eps(backbone, rectifier, x, t_from, x0_code)
-        x = ddim_step(x, eps, _alpha(backbone, t_from), _alpha(backbone, t_to))
+        eps = rectified_eps(backbone, rectifier, x, t_from, x0_code, step=_step(levels, j))
+        x = ddim_step(x, eps, _alpha(backbone, t_from), _landing_alpha(backbone, t_to))
         j = j - 1
     return x, j
 
 
-def chain_loss(backbone, rectifier, x0, x, x0_code, levels: torch.Tensor, j: torch.Tensor,
-               n_steps: int = 1, ssim_weight: float = 0.0) -> torch.Tensor:
-    """Mean over ``n_steps`` rectified moves from x at τ_j of ‖P_t(ε̂) − x0‖² (+ SSIM term),
-    gradients flowing through the chain into φ (DESIGN §1)."""
+def landing_target(x: torch.Tensor, x_next: torch.Tensor, a: torch.Tensor,
+                   a_next: torch.Tensor) -> torch.Tensor:
+    """P* such that the DDIM move √ᾱ' P + √(1−ᾱ') (x − √ᾱ P)/√(1−ᾱ) from x lands on x_next."""
+    shape = (-1, *[1] * (x.ndim - 1))
+    a, a_next = a.to(x.dtype).reshape(shape), a_next.to(x.dtype).reshape(shape)
+    keep = ((1 - a_next) / (1 - a)).sqrt()
+    return (x_next - keep * x) / (a_next.sqrt() - keep * a.sqrt())
+
+
+def chain_loss(backbone, rectifier, draw: Draw, x, x0_code, levels: torch.Tensor,
+               j: torch.Tensor, config: RectifierTrainConfig) -> torch.Tensor:
+    """Mean over ``config.grad_chain_steps`` rectified moves from x at τ_j of the move loss
+    (module docstring), gradients flowing through the chain into φ."""
     from hifiedit.eval.metrics import ssim, to_unit
 
     losses = []
-    for r in range(n_steps):
-        t = levels[j - r]
-        eps = rectified_eps(backbone, rectifier, x, t, x0_code)
-        p_t = predict_x0(x, eps, _alpha(backbone, t))
-        loss = (p_t - x0).square().mean()
-        if ssim_weight > 0:
-            loss = loss + ssim_weight * (1 - ssim(to_unit(p_t), to_unit(x0))).mean()
+    for r in range(config.grad_chain_steps):
+        t, t_next = levels[j - r], levels[j - r - 1]
+        a, a_next = _alpha(backbone, t), _landing_alpha(backbone, t_next)
+        eps, p_base, _ = rectified_eps(backbone, rectifier, x, t, x0_code,
+                                       step=_step(levels, j - r), return_parts=True)
+        p_hat = predict_x0(x, eps, a)
+        target = draw.x0 if draw.landing is None else landing_target(x, draw.landing[r], a, a_next)
+        err = (p_hat - target).square().flatten(1).mean(1)
+        if config.loss == "log_ratio":
+            base_err = (p_base - target).square().flatten(1).mean(1)
+            loss = (torch.log(err + LOG_FLOOR) - torch.log(base_err + LOG_FLOOR)).mean()
+        else:
+            loss = err.mean()
+            if config.ssim_weight > 0:
+                loss = loss + config.ssim_weight * (1 - ssim(to_unit(p_hat), to_unit(target))).mean()
         losses.append(loss)
-        if r + 1 < n_steps:
-            x = ddim_step(x, eps, _alpha(backbone, t), _alpha(backbone, levels[j - r - 1]))
+        if r + 1 < config.grad_chain_steps:
+            x = ddim_step(x, eps, a, a_next)
     return torch.stack(losses).mean()
 
 
 def iteration_loss(backbone, rectifier, points, images, config, gen) -> torch.Tensor:
-    s, k, x0, x, j = draw_batch(points, images, config, gen, backbone.alphas_cumprod)
-    levels = points[s].levels
-    code = rectifier.encode_x0(x0)
-    x, j = rollout(backbone, rectifier, x, code, levels, j, k)
-    return chain_loss(backbone, rectifier, x0, x, code, levels, j, config.grad_chain_steps,
-                      config.ssim_weight)
+    draw = draw_batch(backbone, points, images, config, gen)
+    levels = points[draw.s].levels
+    code = rectifier.encode_x0(draw.x0)
+    x, j = rollout(backbone, rectifier, draw.x, code, levels, draw.j, draw.k)
+    return chain_loss(backbone, rectifier, draw, x, code, levels, j, config)
 
 
 # --------------------------------------------------------------------------- held-out PSNR
@@ -242,7 +303,8 @@ def heldout_psnr(backbone, rectifier, images, cache: TrajectoryCache, steps) -> 
     out = {}
     for s in steps:
         states, _, grid = cache.get(images, s)
-        eps_fn = backbone.eps if rectifier is None else rectified_eps_fn(backbone, rectifier, images)
+        eps_fn = (backbone.eps if rectifier is None else
+                  rectified_eps_fn(backbone, rectifier, images, timesteps=grid))
         rec = generate(eps_fn, states[:, -1], grid, backbone.alphas_cumprod, cache.conventions).final
         out[str(s)] = psnr(to_unit(rec), to_unit(images)).mean().item()
     return out

@@ -29,7 +29,7 @@ def plot_training(log_csv: Path, reference: dict, path: Path) -> None:
     rows = list(csv.DictReader(log_csv.open()))
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.3))
     ax[0].plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], lw=0.8)
-    ax[0].set(xlabel="step", ylabel="‖P_t − x0‖² (train)", yscale="log")
+    ax[0].set(xlabel="step", ylabel="training loss (see config: target, loss)")
     for key in [k for k in rows[0] if k.startswith("val_psnr_")] if rows else []:
         s = key.removeprefix("val_psnr_")
         val = [(int(r["step"]), float(r[key])) for r in rows if r[key]]
