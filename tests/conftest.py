@@ -74,7 +74,8 @@ def tiny_clip(tokenizer, image_size=24, patch=8, seed=0):
 
 
 RECT = RectifierConfig(encoder_channels=(8, 16), norm_groups=4, time_embed_dim=16,
-                       feature_dim=16, branch_hidden=8, pointwise_rank=2)
+                       feature_dim=16, branch_hidden=8, pointwise_rank=2,
+                       step_embedding=True)  # as the trainer makes them
 
 
 @pytest.fixture(scope="module")

@@ -55,7 +55,8 @@ def test_zero_edit_is_theta_and_gradients_reach_the_offsets(tiny, method):
         torch.testing.assert_close(bb.eps(x, t, unet=psi), bb.eps(x, t), rtol=0, atol=0)
     # Plain ψ and ψ modulated by a rectifier whose P_t comes from θ (DESIGN §1).
     rect = _nonzero_rectifier(bb.unet)
-    for eps in (bb.eps(x, t, unet=psi), rectified_eps(bb, rect, x, t, rect.encode_x0(x), unet=psi)):
+    for eps in (bb.eps(x, t, unet=psi), rectified_eps(bb, rect, x, t, rect.encode_x0(x), unet=psi,
+                                                        step=torch.tensor([10, 50]))):
         params.zero_grad()
         eps.square().sum().backward()
         grads = [p.grad for p in params.parameters() if p.grad is not None]

@@ -83,11 +83,14 @@ def test_pipeline_refuses_wrong_shapes(tiny_model_dir):
         pipe.reconstruct(torch.zeros(1, 3, 8, 8), steps=2)
 
 
-def test_pipeline_with_zero_rectifier_equals_plain(tiny_model_dir, tiny_images, tmp_path):
+@pytest.mark.parametrize("step_embedding", [False, True])  # True: the pipeline passes its grid
+def test_pipeline_with_zero_rectifier_equals_plain(tiny_model_dir, tiny_images, tmp_path,
+                                                   step_embedding):
     from hifiedit.rectifier import Rectifier, RectifierConfig
 
     bb = load_backbone(tiny_model_dir)
-    config = RectifierConfig(encoder_channels=(8, 8), feature_dim=16, branch_hidden=8)
+    config = RectifierConfig(encoder_channels=(8, 8), feature_dim=16, branch_hidden=8,
+                             step_embedding=step_embedding)
     Rectifier.for_unet(bb.unet, config).save_pretrained(tmp_path / "rect")
     pipe = HifiEditPipeline.from_pretrained(tiny_model_dir, rectifier=tmp_path / "rect")
     assert pipe.rectifier is not None
