@@ -18,14 +18,17 @@ from hifiedit.runtime import atomic_folder
 
 
 @contextlib.contextmanager
-def staged_release(model_dir: Path, dest: Path, force: bool):
-    """Yield a temporary copy of a run's exported `model_dir` to add a card and figures to;
-    it replaces `dest` only when the block succeeds (a failure leaves `dest` as it was)."""
+def staged_release(model_dir: Path, dest: Path, force: bool, eval_json: Path | None = None):
+    """Yield a temporary copy of a run's exported `model_dir` (plus the evaluation report the
+    card quotes) to add a card and figures to; it replaces `dest` only when the block
+    succeeds (a failure leaves `dest` as it was)."""
     dest = Path(dest)
     if dest.exists() and not force:
         raise HifieditError(f"{dest} exists; pass --force to replace it.")
     with atomic_folder(dest, "release") as tmp:
         shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+        if eval_json is not None:
+            shutil.copyfile(eval_json, tmp / Path(eval_json).name)
         yield tmp
 
 
@@ -82,7 +85,7 @@ def release_base_model(run: Path, dest: Path, eval_json: Path | None = None,
     state = json.loads(state_file.read_text())
     config = config_from_dict(BaseTrainConfig, state["config"])
     report = json.loads(Path(eval_json).read_text()) if eval_json else None
-    with staged_release(run / "model", dest, force) as tmp:
+    with staged_release(run / "model", dest, force, eval_json) as tmp:
         _write_base_release(tmp, run, dest, state, config, report)
     return dest
 

@@ -55,7 +55,7 @@ def release_clip_model(run: Path, dest: Path, eval_json: Path | None = None,
                             f"must be ≤ {MAX_BYTES / 2**20:.0f} MB (choose a smaller config).")
     state = json.loads(state_file.read_text())
     report = json.loads(Path(eval_json).read_text()) if eval_json else None
-    with staged_release(run / "model", dest, force) as tmp:
+    with staged_release(run / "model", dest, force, eval_json) as tmp:
         _write_clip_release(tmp, run, dest, state, report)
     return dest
 

@@ -74,7 +74,7 @@ def release_rectifier_model(run: Path, dest: Path, eval_json: Path | None = None
     if report is not None and not any(r["method"] == "rectified" for r in report["rows"]):
         raise HifieditError(f"{eval_json} has no rectified rows: run `hifiedit eval recon "
                             "--methods ddim,rectified --rectifier RUN/rectifier`.")
-    with staged_release(run / "rectifier", dest, force) as tmp:
+    with staged_release(run / "rectifier", dest, force, eval_json) as tmp:
         _write_card(tmp, run, dest, state, report, weights.stat().st_size)
     return dest
 
