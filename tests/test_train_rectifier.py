@@ -240,7 +240,7 @@ def test_eval_recon_rectified_rows_plot_and_grid(tiny, tmp_path):
     Rectifier.from_pretrained(dest, bb.unet)
     card = (dest / "README.md").read_text()
     rect6 = next(r for r in report["rows"] if r["method"] == "rectified" and r["steps"] == 6)
-    assert f"{rect6['psnr']:.2f}" in card and str(folder) in card
+    assert f"{rect6['psnr']:.2f}" in card and f"`{folder.name}`" in card
     assert {"training.png", "psnr_vs_steps.png", "comparison.png"} <= {p.name for p in dest.iterdir()}
     assert main(["release", "rectifier", "--run", str(tmp_path / "run"), "--to", str(dest)]) == 1
     assert main(["release", "rectifier", "--run", str(tmp_path / "nope"), "--to", str(tmp_path / "x")]) == 1

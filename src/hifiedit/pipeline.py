@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from hifiedit.diffusion.backbone import MODELS_DIR, Backbone, load_backbone
+from hifiedit.diffusion.backbone import DEFAULT_BASE, MODELS_DIR, Backbone, load_backbone
 from hifiedit.diffusion.ddim import DDIMConventions, Trajectory, generate, invert
 from hifiedit.errors import HifieditError
 
@@ -38,6 +38,11 @@ def resolve_rectifier_path(name_or_path: str | Path | None) -> Path | None:
     raise HifieditError(f"No rectifier {str(name_or_path)!r}: neither a folder nor a shipped model.")
 
 
+def _is_default_base(backbone: Backbone) -> bool:
+    return backbone.path is not None and \
+        Path(backbone.path).resolve() == (MODELS_DIR / DEFAULT_BASE).resolve()
+
+
 @dataclass
 class HifiEditPipeline:
     backbone: Backbone
@@ -49,6 +54,8 @@ class HifiEditPipeline:
                         device: str | torch.device = "cpu") -> "HifiEditPipeline":
         backbone = load_backbone(base, device=device)
         rect = None
+        if str(rectifier) == "default" and not _is_default_base(backbone):
+            rectifier = None  # the shipped rectifier belongs to the shipped base model only
         rect_path = resolve_rectifier_path(rectifier)
         if rect_path is not None:
             from hifiedit.rectifier import Rectifier

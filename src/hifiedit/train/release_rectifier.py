@@ -93,8 +93,8 @@ estimate P_t it modulates the frozen base U-Net's **{n_layers} mid- and up-block
 `hifiedit train rectifier` on {state['n_train_images']} images of the OpenMoji **train split**
 (the test split never seen); these are the EMA weights.
 
-- base model: `{state['base']}` (content hash `{state['base_digest']}`); use it with that
-  model only
+- base model: `{Path(state['base']).name}` (content hash `{state['base_digest'][:16]}…`); use it
+  with that model only
 - {state['n_params'] / 1e6:.2f} M parameters, {n_bytes / 2**20:.1f} MB
 - steps: **{state['step']}** (batch {config['batch_size']}, lr {config['lr']}, t0 {config['t0']},
   step grids {config['step_grids']}, roll-outs of up to {config['rollout_max']} rectified steps)
@@ -128,7 +128,8 @@ estimate P_t it modulates the frozen base U-Net's **{n_layers} mid- and up-block
     card += card_tail([
         f"hifiedit train rectifier --base default --config configs/rectifier-openmoji32.json --out {run}",
         f"hifiedit train rectifier --base default --out {run} --resume     # after an interruption",
-        f"hifiedit eval recon --methods ddim,rectified --rectifier {run}/rectifier --limit 128 --json FILE",
+        f"hifiedit eval recon --methods ddim,rectified --rectifier {run}/rectifier "
+        f"--limit {report['n_images'] if report else 64} --json FILE",
         f"hifiedit release rectifier --run {run} --to {dest} --eval-json FILE",
     ], config)
     (tmp / "README.md").write_text(card)
