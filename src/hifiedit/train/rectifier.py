@@ -159,7 +159,7 @@ class RectifierTrainConfig:
 class Points:
     """Cached inversion states of one step grid: states (N, P, C, H, W) at trajectory indices
     ``kept`` (P,) of the grid ``levels`` (S + 1,), and the noise n* (N, C, H, W) that the
-    inverted x_{t0} implies (module docstring, step 0)."""
+    inverted x_{t0} implies (the ideal path of target "x0", module docstring)."""
 
     states: torch.Tensor
     kept: torch.Tensor
