@@ -226,6 +226,22 @@ def rectified_eps(backbone, rectifier, x: torch.Tensor, t: torch.Tensor, x0_code
     return (eps, p_t, deltas) if return_parts else eps
 
 
+def move_sizes(timesteps) -> Callable[[torch.Tensor], torch.Tensor]:
+    """t → t − t_next on the generation grid ``timesteps`` (ascending levels): the size of the
+    move a step-conditioned rectifier serves at level t. Refuses a t that is not on the grid."""
+    levels = [int(v) for v in timesteps]
+    size = {levels[i]: levels[i] - levels[i - 1] for i in range(1, len(levels))}
+
+    def lookup(t: torch.Tensor) -> torch.Tensor:
+        try:
+            return torch.tensor([size[int(v)] for v in t.reshape(-1)], device=t.device)
+        except KeyError as e:
+            raise HifieditError(f"rectified ε called at t = {e.args[0]}, which is not a "
+                                f"generation level of its grid {levels}.") from None
+
+    return lookup
+
+
 def rectified_eps_fn(backbone, rectifier, x0: torch.Tensor, unet: nn.Module | None = None,
                      method: str = "grouped",
                      timesteps=None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -235,19 +251,12 @@ def rectified_eps_fn(backbone, rectifier, x0: torch.Tensor, unet: nn.Module | No
     (ascending levels, as given to ``generate``), which tells a step-conditioned rectifier
     the size of each move."""
     x0_code = rectifier.encode_x0(x0)
-    levels = [int(v) for v in timesteps] if timesteps is not None else None
-    step_of = {levels[i]: levels[i] - levels[i - 1] for i in range(1, len(levels))} if levels else {}
+    step_of = move_sizes(timesteps) if timesteps is not None else None
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != x0.shape[0]:
             raise HifieditError(f"rectified ε for {x0.shape[0]} images called with {x.shape[0]}.")
-        step = None
-        if step_of:
-            try:
-                step = torch.tensor([step_of[int(v)] for v in t.reshape(-1)], device=x.device)
-            except KeyError as e:
-                raise HifieditError(f"rectified ε called at t = {e.args[0]}, which is not a "
-                                    f"generation level of its grid {levels}.") from None
+        step = step_of(t) if step_of is not None else None
         return rectified_eps(backbone, rectifier, x, t, x0_code, unet=unet, method=method,
                              step=step)
 

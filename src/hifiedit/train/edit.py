@@ -42,6 +42,7 @@ import torch
 from hifiedit.diffusion.ddim import DDIMConventions, generate, predict_x0
 from hifiedit.edit.params import Edit, EditParams, EditParamsConfig
 from hifiedit.errors import HifieditError
+from hifiedit.rectifier.modulate import move_sizes
 from hifiedit.runtime import machine_description, write_text_atomic
 from hifiedit.train.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
 from hifiedit.config import require
@@ -256,12 +257,12 @@ def markovian_step(task: EditTask, gen: torch.Generator) -> float:
     idx = torch.randint(len(task.images), (c.batch_size,), generator=gen)
     code = task.x0_code(task.images[idx])
     grid = task.conventions.timesteps(c.t0, c.s_train)
-    step_of = {grid[i]: grid[i] - grid[i - 1] for i in range(1, len(grid))}
+    step_of = move_sizes(grid)
     x_t0 = task.states[idx, -1]  # kept always ends at the top level t0
     ac = task.backbone.alphas_cumprod
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return task.eps(x, t, code, torch.tensor(step_of[int(t.reshape(-1)[0])]))
+        return task.eps(x, t, code, step_of(t))
 
     if c.markovian_variant == "full":
         traj = generate(eps_fn, x_t0, grid, ac, task.conventions)
