@@ -44,6 +44,29 @@ def test_resume_continues_identically(tmp_path):
     assert bb.sample_size == 16 and bb.num_train_timesteps == 1000
     log = (tmp_path / "split" / "log.csv").read_text().splitlines()
     assert [int(r.split(",")[0]) for r in log[1:]] == list(range(1, 8))  # no duplicated rows
+    # Each process's stretch of the run is recorded with its machine (for the model card).
+    assert [(m["from_step"], m["to_step"]) for m in state["machines"]] == [(0, 4), (4, 7)]
+
+
+def test_machine_history_reads_a_checkpoint_that_predates_it():
+    from hifiedit.train.run import machine_history
+
+    old = {"step": 10, "wall_seconds": 60.0, "machine": "old box"}
+    history = machine_history(old, 10, 60.0, 15, 90.0)
+    assert history[0] == {"from_step": 0, "to_step": 10, "seconds": 60.0, "machine": "old box"}
+    assert (history[1]["from_step"], history[1]["to_step"], history[1]["seconds"]) == (10, 15, 30.0)
+
+
+def test_device_names_are_checked():
+    from hifiedit.runtime import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(HifieditError, match="Unknown device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(HifieditError, match="sees no CUDA GPU"):
+            resolve_device("cuda")
 
 
 def test_refuses_to_clobber_or_resume_nothing(tmp_path):

@@ -40,7 +40,8 @@ def cmd_train_base(args) -> None:
 
     config = config_for_run(BaseTrainConfig, args.config, args.out, args.resume,
                             {"max_steps": args.max_steps, "threads": args.threads})
-    summary = train_base(config, Path(args.out), resume=args.resume, max_minutes=args.max_minutes)
+    summary = train_base(config, Path(args.out), resume=args.resume, max_minutes=args.max_minutes,
+                         device=args.device)
     print(json.dumps(summary))
 
 
@@ -84,7 +85,8 @@ def cmd_eval_recon(args) -> None:
         rectifier=args.rectifier,
     )
     report = run_recon_eval(config, json_path=Path(args.json) if args.json else None,
-                            grid_path=Path(args.grid) if args.grid else None, force=args.force)
+                            grid_path=Path(args.grid) if args.grid else None, force=args.force,
+                            device=args.device)
     from hifiedit.eval.recon import format_table
 
     print(format_table(report))
@@ -97,7 +99,7 @@ def cmd_train_rectifier(args) -> None:
     config = config_for_run(RectifierTrainConfig, args.config, args.out, args.resume,
                             {"max_steps": args.max_steps, "threads": args.threads})
     summary = train_rectifier(config, Path(args.out), base=args.base, resume=args.resume,
-                              max_minutes=args.max_minutes)
+                              max_minutes=args.max_minutes, device=args.device)
     print(json.dumps(summary))
 
 
@@ -220,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--max-minutes", type=float)
     tb.add_argument("--max-steps", type=int)
     tb.add_argument("--threads", type=int)
+    tb.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda")
     tb.set_defaults(func=cmd_train_base)
     tc = train.add_parser("clip", help="train an OpenMoji CLIP (guide or judge)")
     tc.add_argument("--config", type=Path, help="JSON file of ClipTrainConfig fields")
@@ -237,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-minutes", type=float)
     tr.add_argument("--max-steps", type=int)
     tr.add_argument("--threads", type=int)
+    tr.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda")
     tr.set_defaults(func=cmd_train_rectifier)
 
     te = train.add_parser("edit", help="train a text edit: score-matching (ours) or markovian "
@@ -295,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated: ddim, sdedit, rectified")
     er.add_argument("--rectifier", default="default",
                     help="for method rectified: default, a rectifier folder, or none")
+    er.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
     er.add_argument("--json", help="write the report here")
     er.add_argument("--grid", help="write an image grid (original | each method) here")
     er.add_argument("--force", action="store_true", help="overwrite existing --json/--grid")

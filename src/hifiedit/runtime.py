@@ -21,6 +21,20 @@ def machine_description() -> str:
             f"{torch.get_num_threads()} threads")
 
 
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """"auto" → the first CUDA GPU when there is one, else the CPU; other names as torch reads
+    them, refused clearly when that device is absent."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise HifieditError(f"Unknown device {name!r}: use auto, cpu or cuda[:N].") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HifieditError(f"Device {name!r} asked for, but this PyTorch sees no CUDA GPU.")
+    return device
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write to a temporary sibling and rename: readers never see a half-written file."""
     path = Path(path)

@@ -54,6 +54,7 @@ class Backbone:
 
     def eps(self, x: torch.Tensor, t: torch.Tensor, unet: torch.nn.Module | None = None):
         """ε_θ(x_t, t). `unet` lets callers pass a modulated or edited copy of the network."""
+        t = t.to(x.device) if isinstance(t, torch.Tensor) else t
         out = (unet or self.unet)(x, t).sample
         if out.shape[1] == 2 * x.shape[1]:
             # Learned-variance models (e.g. guided diffusion) output [ε, v]; DDIM uses only ε.

@@ -78,7 +78,9 @@ def stochastic_forward(
             raise HifieditError(f"stochastic_forward: t must lie in [0, {T}), got {t}")
         a = float(alphas_cumprod[int(t)])
     if noise is None:
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        # Drawn where the generator lives (a CPU generator gives the same noise on any device).
+        where = generator.device if generator is not None else x0.device
+        noise = torch.randn(x0.shape, generator=generator, device=where, dtype=x0.dtype).to(x0.device)
     return _from_x0(x0, noise, a)
 
 

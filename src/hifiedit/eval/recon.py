@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from hifiedit.errors import HifieditError
-from hifiedit.runtime import machine_description, write_text_atomic
+from hifiedit.runtime import machine_description, resolve_device, write_text_atomic
 
 METHODS = ("ddim", "sdedit", "rectified")
 DEFAULT_METHODS = ("ddim", "sdedit")
@@ -114,17 +114,19 @@ def _load_rectifier(name: str, backbone):
                             "one with `hifiedit train rectifier --out DIR`, then pass "
                             "--rectifier DIR/rectifier.")
     rectifier = Rectifier.from_pretrained(path, backbone.unet).eval().requires_grad_(False)
+    rectifier.to(next(backbone.unet.parameters()).device)
     return rectifier, str(path)
 
 
 def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
                    grid_path: Path | None = None, force: bool = False,
                    progress: bool = True, backbone=None, images: torch.Tensor | None = None,
-                   rectifier=None):
+                   rectifier=None, device: str | torch.device = "cpu"):
     """Evaluate and return the report dict; optionally write the JSON and an image grid
     (rows: original, then each method × steps, for the first `grid_images` images), plus the
     Figure-1 plot and comparison grid of :func:`figure_paths`. ``rectifier`` (a Rectifier)
-    overrides ``config.rectifier``."""
+    overrides ``config.rectifier``. ``device``: where the networks run ("auto": a GPU if there
+    is one); SDEdit noise comes from a CPU generator, so every device sees the same noise."""
     from tqdm import tqdm
 
     from hifiedit.diffusion.backbone import load_backbone
@@ -132,8 +134,11 @@ def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
 
     json_path = Path(json_path) if json_path is not None else None
     plot_path, compare_path = figure_paths(json_path, config.methods)
+    if grid_path is not None and Path(grid_path) in (plot_path, compare_path):
+        raise HifieditError(f"--grid {grid_path} is where the comparison figures go "
+                            f"({compare_path}, {plot_path}); choose another name.")
     _check_outputs([json_path, grid_path, plot_path, compare_path], force)
-    backbone = backbone or load_backbone(config.model)
+    backbone = backbone or load_backbone(config.model, device=resolve_device(device))
     config.validate(backbone.num_train_timesteps)
     rectifier_name = None
     if "rectified" in config.methods:
@@ -149,6 +154,7 @@ def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
         images = images[: config.limit]
     if len(images) == 0:
         raise HifieditError(f"No images in split {config.split!r}.")
+    images = images.to(next(backbone.unet.parameters()).device)
 
     rows, firsts = [], {}
     jobs = [(m, s) for m in config.methods for s in config.steps]
@@ -165,14 +171,14 @@ def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
         inverted = method in ("ddim", "rectified")
         rows.append({"method": method, "s_for": (config.s_for or steps) if inverted else 0,
                      "steps": steps, **{k: v / len(images) for k, v in sums.items()}})
-        firsts[(method, steps)] = first[: config.grid_images]
+        firsts[(method, steps)] = first[: config.grid_images].cpu()
 
     report = {"model": str(config.model), "split": config.split, "t0": config.t0,
               "n_images": len(images), "seed": config.seed, "machine": machine_description(),
               "rows": rows}
     if rectifier_name is not None:
         report["rectifier"] = rectifier_name
-    originals = images[: config.grid_images]
+    originals = images[: config.grid_images].cpu()
     if grid_path is not None:
         from hifiedit.eval.grids import save_grid
 

@@ -213,7 +213,9 @@ def rectified_eps(backbone, rectifier, x: torch.Tensor, t: torch.Tensor, x0_code
     With ``return_parts`` returns (ε, P_t, offsets).
     """
     base = backbone.unet
+    t = t.to(x.device)
     t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
+    step = step.to(x.device) if step is not None else None
     target = base if unet is None else unet
     reuse = target is base and method == "grouped" and split_supported(base)
     down = unet_down(base, x, t) if reuse else None  # shared by both passes; keeps x's graph

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from hifiedit.weights import check_model_state
-from hifiedit.runtime import atomic_folder, machine_description
+from hifiedit.runtime import atomic_folder, machine_description, resolve_device
 from hifiedit.train.checkpoint import (
     load_checkpoint,
     load_optimizer_state,
@@ -30,6 +30,7 @@ from hifiedit.config import require
 from hifiedit.train.run import (
     StopFlag,
     check_same_config,
+    machine_history,
     optimizer_step,
     prepare_run_dir,
     trim_log,
@@ -158,6 +159,7 @@ def heldout_loss(unet, images: torch.Tensor, alphas_cumprod: torch.Tensor, repea
         for batch in images.split(64):
             t = torch.randint(0, len(alphas_cumprod), (len(batch),), generator=g)
             noise = torch.randn(batch.shape, generator=g)
+            t, noise = t.to(batch.device), noise.to(batch.device)
             total += diffusion_loss(unet, batch, t, noise, alphas_cumprod).item() * len(batch)
             count += len(batch)
     return total / count
@@ -172,11 +174,11 @@ def sample_grid(unet, alphas_cumprod, config: BaseTrainConfig, path: Path) -> No
 
     g = torch.Generator().manual_seed(0)
     size = config.image_size
-    x_T = torch.randn((config.n_samples, 3, size, size), generator=g)
+    x_T = torch.randn((config.n_samples, 3, size, size), generator=g).to(unet.device)
     timesteps = ddim_timesteps(len(alphas_cumprod) - 1, config.sample_steps)
     eps_fn = lambda x, t: unet(x, t).sample  # noqa: E731
     samples = generate(eps_fn, x_T, timesteps, alphas_cumprod).final
-    save_grid(samples, path, nrow=int(math.sqrt(config.n_samples)), scale=2)
+    save_grid(samples.cpu(), path, nrow=int(math.sqrt(config.n_samples)), scale=2)
 
 
 def export_model(ema_unet, config: BaseTrainConfig, folder: Path) -> None:
@@ -203,21 +205,25 @@ def train_base(
     val_images: torch.Tensor | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """Train (or resume) into `out`; returns a summary. `stop_after` stops at that step as if
-    interrupted (used by the resume test)."""
+    interrupted (used by the resume test). `device`: where the model trains ("auto": a GPU if
+    there is one); every random draw still comes from the one CPU generator, so a run resumes
+    on another device with the same data, noise and timesteps."""
     from tqdm import tqdm
 
     out = Path(out)
     ckpt_dir = prepare_run_dir(out, resume)
 
     step, wall = 0, 0.0
-    saved = None
+    saved = state = None
     if resume:
         saved, state = load_checkpoint(ckpt_dir)
         check_same_config(state["config"], config, RESUMABLE_OVERRIDES)
         step, wall = state["step"], state["wall_seconds"]
 
+    start_step, start_wall = step, wall
     if config.threads:
         torch.set_num_threads(config.threads)
     if train_images is None:
@@ -225,6 +231,9 @@ def train_base(
     require(train_images.shape[-1] == config.image_size,
             f"images are {train_images.shape[-1]} px but image_size is {config.image_size}.")
 
+    device = resolve_device(device)
+    train_images = train_images.to(device)
+    val_images = val_images.to(device) if val_images is not None else None
     torch.manual_seed(config.seed)
     unet = build_unet(config).train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
@@ -232,7 +241,9 @@ def train_base(
     gen = torch.Generator().manual_seed(config.seed)
     alphas_cumprod = torch.cumprod(
         1 - torch.linspace(config.beta_start, config.beta_end, config.num_train_timesteps,
-                           dtype=torch.float64), 0).float()
+                           dtype=torch.float64), 0).float().to(device)
+    unet.to(device)
+    ema.to(device)
     if saved is not None:
         check_model_state(unet, saved["model"], "Checkpoint model")
         check_model_state(ema, saved["ema"], "Checkpoint EMA")
@@ -253,7 +264,8 @@ def train_base(
              "rng": {"generator": gen.get_state()}},
             {"step": step, "wall_seconds": wall, "config": asdict(config), "param_groups": groups,
              "n_params": n_params, "images_seen": step * config.batch_size,
-             "machine": machine_description()},
+             "machine": machine_description(),
+             "machines": machine_history(state, start_step, start_wall, step, wall)},
         )
         export_model(ema, config, out / "model")
 
@@ -268,12 +280,13 @@ def train_base(
         while step < target:
             t_start = time.perf_counter()
             idx = torch.randint(0, len(train_images), (config.batch_size,), generator=gen)
-            x0 = train_images[idx]
+            x0 = train_images[idx.to(device)]
             if config.flip:
                 flip = torch.rand(config.batch_size, generator=gen) < 0.5
-                x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+                x0 = torch.where(flip.to(device).view(-1, 1, 1, 1), x0.flip(-1), x0)
             t = torch.randint(0, config.num_train_timesteps, (config.batch_size,), generator=gen)
             noise = torch.randn(x0.shape, generator=gen)
+            t, noise = t.to(device), noise.to(device)
             lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
             for group in opt.param_groups:
                 group["lr"] = lr

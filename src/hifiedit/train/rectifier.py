@@ -53,11 +53,12 @@ from hifiedit.diffusion.ddim import ddim_step, generate, predict_x0
 from hifiedit.errors import HifieditError
 from hifiedit.weights import check_model_state
 from hifiedit.rectifier import Rectifier, RectifierConfig, rectified_eps, rectified_eps_fn
-from hifiedit.runtime import machine_description, write_text_atomic
+from hifiedit.runtime import machine_description, resolve_device, write_text_atomic
 from hifiedit.train.base import ema_update
 from hifiedit.train.run import (
     StopFlag,
     check_same_config,
+    machine_history,
     optimizer_step,
     prepare_run_dir,
     trim_log,
@@ -174,7 +175,7 @@ def implied_noise(x_t0: torch.Tensor, x0: torch.Tensor, alpha_t0: torch.Tensor) 
 
 def ideal_states(x0: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """√ᾱ x0 + √(1−ᾱ) n*, per sample: the path of a chain whose every P_t is x0."""
-    a = alpha.to(x0.dtype).reshape(-1, *[1] * (x0.ndim - 1))
+    a = alpha.to(x0.device, x0.dtype).reshape(-1, *[1] * (x0.ndim - 1))
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
@@ -250,7 +251,7 @@ def landing_target(x: torch.Tensor, x_next: torch.Tensor, a: torch.Tensor,
                    a_next: torch.Tensor) -> torch.Tensor:
     """P* such that the DDIM move √ᾱ' P + √(1−ᾱ') (x − √ᾱ P)/√(1−ᾱ) from x lands on x_next."""
     shape = (-1, *[1] * (x.ndim - 1))
-    a, a_next = a.to(x.dtype).reshape(shape), a_next.to(x.dtype).reshape(shape)
+    a, a_next = a.to(x.device, x.dtype).reshape(shape), a_next.to(x.device, x.dtype).reshape(shape)
     keep = ((1 - a_next) / (1 - a)).sqrt()
     return (x_next - keep * x) / (a_next.sqrt() - keep * a.sqrt())
 
@@ -338,7 +339,9 @@ def build_points(cache: TrajectoryCache, images: torch.Tensor, grids, progress: 
     for s in grids:
         states, kept, grid = cache.get(images, s, progress=progress)
         noise = implied_noise(states[:, -1], images, cache.backbone.alphas_cumprod[grid[-1]])
-        points[s] = Points(states, torch.tensor(kept), torch.tensor(grid), noise)
+        # States live where the images do; grid indices stay on the CPU with the generator.
+        points[s] = Points(states.to(images.device), torch.tensor(kept), torch.tensor(grid),
+                           noise.to(images.device))
     return points
 
 
@@ -350,7 +353,8 @@ def train_rectifier(config: RectifierTrainConfig, out: Path, base: str | Path = 
     (``Rectifier.from_pretrained``), ``out/log.csv`` the log. Keyword arguments: resume,
     max_minutes, backbone (instead of loading ``base``), train_images/val_images (instead of
     the OpenMoji splits), cache_folder (default: $HIFIEDIT_CACHE/trajectories), progress,
-    stop_after (stop at that step as if interrupted: the resume test).
+    stop_after (stop at that step as if interrupted: the resume test), device ("auto": a GPU
+    if there is one; random draws stay on the CPU generator, as in the base trainer).
     """
     threads = torch.get_num_threads()
     if config.threads:
@@ -364,7 +368,7 @@ def train_rectifier(config: RectifierTrainConfig, out: Path, base: str | Path = 
 def _train(config: RectifierTrainConfig, out: Path, base, resume: bool = False,
            max_minutes: float | None = None, backbone=None, train_images=None, val_images=None,
            cache_folder: Path | None = None, progress: bool = True,
-           stop_after: int | None = None) -> dict:
+           stop_after: int | None = None, device: str | torch.device = "cpu") -> dict:
     from tqdm import tqdm
 
     from hifiedit.data.openmoji import cache_dir
@@ -372,7 +376,8 @@ def _train(config: RectifierTrainConfig, out: Path, base, resume: bool = False,
 
     config.validate()
     ckpt_dir = prepare_run_dir(out, resume)
-    backbone = backbone or load_backbone(base)
+    device = resolve_device(device)
+    backbone = backbone or load_backbone(base, device=device)
     require(config.t0 < backbone.num_train_timesteps,
             f"t0={config.t0} is beyond the base model's {backbone.num_train_timesteps} steps.")
     digest = model_digest(backbone)
@@ -380,17 +385,20 @@ def _train(config: RectifierTrainConfig, out: Path, base, resume: bool = False,
     if resume:
         saved, state = _resume_state(ckpt_dir, config, digest)
         step, wall = state["step"], state["wall_seconds"]
+    start_step, start_wall = step, wall
     if train_images is None:
         train_images, val_images = _load_images(config, backbone.sample_size)
     require(train_images.shape[-1] == backbone.sample_size,
             f"images are {train_images.shape[-1]} px but the base model takes {backbone.sample_size}.")
 
+    train_images = train_images.to(device)
+    val_images = val_images.to(device) if val_images is not None else None
     cache = TrajectoryCache(cache_folder or cache_dir() / "trajectories", backbone, config.t0,
                             max_points=config.cache_points)
     points = build_points(cache, train_images, config.step_grids, progress)
 
     torch.manual_seed(config.seed)
-    rect = Rectifier.for_unet(backbone.unet, config.rectifier_config()).train()
+    rect = Rectifier.for_unet(backbone.unet, config.rectifier_config()).to(device).train()
     ema = copy.deepcopy(rect).eval().requires_grad_(False)
     opt = torch.optim.AdamW(rect.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
@@ -417,7 +425,8 @@ def _train(config: RectifierTrainConfig, out: Path, base, resume: bool = False,
             {"model": rect.state_dict(), "ema": ema.state_dict(), "optimizer": tensors,
              "rng": {"generator": gen.get_state()}},
             {"step": step, "wall_seconds": wall, "config": asdict(config), "param_groups": groups,
-             "machine": machine_description(), **meta},
+             "machine": machine_description(),
+             "machines": machine_history(state, start_step, start_wall, step, wall), **meta},
         )
         ema.save_pretrained(out / "rectifier")
 

@@ -73,6 +73,15 @@ def _table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def machines_line(state: dict) -> str:
+    """The card's "machine" entry: each stretch of the run and where it ran."""
+    stretches = state.get("machines") or []
+    if not stretches:
+        return state.get("machine", "not recorded")
+    return "; ".join(f"steps {m['from_step']}–{m['to_step']} on {m['machine']} "
+                     f"({m['seconds'] / 60:.1f} min)" for m in stretches)
+
+
 def release_base_model(run: Path, dest: Path, eval_json: Path | None = None,
                        force: bool = False) -> Path:
     from hifiedit.config import config_from_dict
@@ -92,7 +101,6 @@ def release_base_model(run: Path, dest: Path, eval_json: Path | None = None,
 
 def _write_base_release(tmp: Path, run: Path, dest: Path, state: dict, config, report) -> None:
     from hifiedit.diffusion.backbone import load_backbone
-    from hifiedit.runtime import machine_description
     from hifiedit.train.base import sample_grid
 
     bb = load_backbone(tmp)
@@ -105,7 +113,7 @@ def _write_base_release(tmp: Path, run: Path, dest: Path, state: dict, config, r
     status = ("" if state["step"] >= config.max_steps else
               f"**Snapshot of a run in progress** (step {state['step']} of max_steps "
               f"{config.max_steps}); `hifiedit train base --out RUN --resume` continues it.\n")
-    machine = state.get("machine") or f"{machine_description()} (the releasing machine; the run did not record its own)"
+    machine = machines_line(state)
     card = f"""# {dest.name}: the embedded default base diffusion model
 
 An unconditional ε-prediction DDPM (`diffusers.UNet2DModel`, {state['n_params'] / 1e6:.2f} M

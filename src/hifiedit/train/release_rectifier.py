@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from hifiedit.errors import HifieditError
-from hifiedit.train.release import card_tail, staged_release
+from hifiedit.train.release import card_tail, machines_line, staged_release
 
 MAX_BYTES = 20 * 2**20  # issue 4: the default rectifier ≤ 20 MB
 
@@ -100,7 +100,7 @@ estimate P_t it modulates the frozen base U-Net's **{n_layers} mid- and up-block
   step grids {config['step_grids']}, roll-outs of up to {config['rollout_max']} rectified steps)
 - training wall time: {state['wall_seconds'] / 3600:.2f} h; recent speed
   {sum(its) / max(1, len(its)):.2f} it/s
-- machine: {state.get('machine', 'not recorded')}
+- machine: {machines_line(state)}
 
 ![training](training.png)
 

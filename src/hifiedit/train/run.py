@@ -57,6 +57,23 @@ def optimizer_step(opt, loss, params, grad_clip: float, step: int) -> None:
     opt.step()
 
 
+def machine_history(saved_state: dict | None, start_step: int, start_wall: float,
+                    step: int, wall: float) -> list[dict]:
+    """Where each stretch of a run trained (a run may start on a CPU and go on on a GPU): the
+    stretches recorded in the checkpoint (one older than this record counts as one stretch on
+    its last machine), then this process's own."""
+    from hifiedit.runtime import machine_description
+
+    past = list((saved_state or {}).get("machines", []))
+    if saved_state and not past and start_step:
+        past = [{"from_step": 0, "to_step": start_step, "seconds": round(start_wall, 1),
+                 "machine": saved_state.get("machine", "not recorded")}]
+    if step > start_step:
+        past.append({"from_step": start_step, "to_step": step,
+                     "seconds": round(wall - start_wall, 1), "machine": machine_description()})
+    return past
+
+
 def trim_log(path: Path, step: int) -> None:
     """Drop log rows written after the checkpoint we resume from (they will be redone)."""
     if not path.is_file():

@@ -81,7 +81,8 @@ class TrajectoryCache:
         states: list[torch.Tensor | None] = []
         for key in keys:
             path = self._path(key)
-            states.append(load_file(str(path))["states"] if path.is_file() else None)
+            states.append(load_file(str(path), device=str(images.device))["states"]
+                          if path.is_file() else None)
         todo = [i for i, s in enumerate(states) if s is None]
         self.hits += len(images) - len(todo)
         self.misses += len(todo)
