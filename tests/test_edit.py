@@ -254,3 +254,30 @@ def test_cli_train_edit_then_edit_refusing_to_overwrite(tiny, clip_dir, tmp_path
     assert main([*base, str(src), "-o", str(outdir)]) == 1
     assert "--force" in capsys.readouterr().err
     assert main([*base, str(src), "-o", str(outdir), "--force"]) == 0
+
+
+def test_release_ships_the_edit_with_a_card_and_refuses_a_foreign_report(tiny, clip_dir,
+                                                                          rect_dir, tmp_path):
+    from hifiedit.edit import load_edit
+    from hifiedit.train.release_edit import release_edit_model
+
+    run = tmp_path / "l2d"
+    _run(tiny, run, tmp_path / "cache", _config(clip_dir, rect_dir, iters=2, lr=1e-2))
+    report = {"split": "test", "machine": "m", "rows": [
+        {"edit": "l2d", "steps": 6, "gt_mae": 0.05, "gt_psnr": 20.0, "preserve_mae": 0.01,
+         "s_dir": 0.3, "judge_acc": 0.9, "n_images": 4}]}
+    (tmp_path / "ok.json").write_text(json.dumps(report))
+    dest = release_edit_model(run, tmp_path / "shipped", tmp_path / "ok.json")
+    card = (dest / "README.md").read_text()
+    assert "| 6 | 0.0500 | 20.00 | 0.0100 | 0.300 | 0.90 | 4 |" in card
+    assert "hifiedit train edit --src \"light skin tone\"" in card
+    # The shipped copy loads and is the trained edit.
+    shipped, trained = load_edit(dest, tiny[1]), load_edit(run / "edit", tiny[1])
+    assert all(torch.equal(a, b) for a, b in zip(shipped.params.parameters(),
+                                                  trained.params.parameters()))
+    report["rows"][0]["edit"] = "another-edit"
+    (tmp_path / "foreign.json").write_text(json.dumps(report))
+    with pytest.raises(HifieditError, match="no rows for edit 'l2d'"):
+        release_edit_model(run, tmp_path / "shipped2", tmp_path / "foreign.json")
+    with pytest.raises(HifieditError, match="exists"):
+        release_edit_model(run, dest)

@@ -67,10 +67,11 @@ def cmd_eval_clip(args) -> None:
 def cmd_release(args) -> None:
     from hifiedit.train.release import release_base_model
     from hifiedit.train.release_clip import release_clip_model
+    from hifiedit.train.release_edit import release_edit_model
     from hifiedit.train.release_rectifier import release_rectifier_model
 
     release = {"base": release_base_model, "clip": release_clip_model,
-               "rectifier": release_rectifier_model}[args.what]
+               "rectifier": release_rectifier_model, "edit": release_edit_model}[args.what]
     dest = release(Path(args.run), Path(args.to),
                    Path(args.eval_json) if args.eval_json else None, force=args.force)
     print(f"released {args.run} to {dest} (see {dest / 'README.md'})")
@@ -192,7 +193,7 @@ def cmd_translate(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from hifiedit.eval.recon import run_demo
+    from hifiedit.eval.demo import run_demo
 
     print(run_demo(Path(args.out), model=args.model, n_images=args.n_images, force=args.force))
 
@@ -278,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("clip", "train clip", "src/hifiedit/assets/models/openmoji32-clip", "eval clip"),
         ("rectifier", "train rectifier", "src/hifiedit/assets/models/openmoji32-rectifier",
          "eval recon --methods ddim,rectified"),
+        ("edit", "train edit", "src/hifiedit/assets/models/light-to-dark", "eval edit"),
     ):
         rp = rel_sub.add_parser(what)
         rp.add_argument("--run", required=True, help=f"the --out folder of `{run_of}`")

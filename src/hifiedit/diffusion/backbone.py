@@ -107,6 +107,18 @@ def _find_parts(path: Path) -> tuple[Path, Path]:
     return unet_dir, scheduler
 
 
+def portable_name(path: str | Path) -> str:
+    """How configs record a model folder: a model shipped with hifiedit by its name (it is found
+    again on any installation), any other folder by its path."""
+    path = Path(path)
+    try:
+        if path.resolve().parent == MODELS_DIR.resolve():
+            return path.name
+    except OSError:
+        pass
+    return str(path)
+
+
 def load_backbone(
     name_or_path: str | Path = "default",
     device: str | torch.device = "cpu",

@@ -252,22 +252,3 @@ def format_table(report: dict) -> str:
         lines.append(f"{r['method']:9} {r['s_for']:>5} {r['steps']:>5} {r['mae']:8.4f} "
                      f"{r['psnr']:7.2f} {r['ssim']:6.3f}")
     return "\n".join(lines)
-
-
-def run_demo(out: Path, model: str = "default", n_images: int = 8, force: bool = False) -> str:
-    """The main job on the embedded default: reconstruct a few test-split emoji at 6 and 40
-    steps (DDIM, rectified DDIM when the default model and its rectifier ship, and SDEdit)
-    and write a side-by-side grid and a metrics JSON."""
-    from hifiedit.pipeline import resolve_rectifier_path
-
-    out = Path(out)
-    rectify = model == "default" and resolve_rectifier_path("default") is not None
-    methods = ("ddim", "rectified", "sdedit") if rectify else DEFAULT_METHODS
-    config = ReconConfig(model=model, steps=(6, 40), limit=n_images, grid_images=n_images,
-                         methods=methods)
-    report = run_recon_eval(config, json_path=out / "metrics.json",
-                            grid_path=out / "reconstructions.png", force=force)
-    return (format_table(report) + f"\n\nwrote {out / 'reconstructions.png'} (rows: original, "
-            + ", ".join(f"{r['method']}@{r['steps']}" for r in report["rows"])
-            + f") and {out / 'metrics.json'}")
-

@@ -47,7 +47,7 @@ from hifiedit.runtime import machine_description, write_text_atomic
 from hifiedit.train.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
 from hifiedit.config import require
 from hifiedit.train.run import StopFlag, check_same_config, prepare_run_dir, torch_threads, trim_log
-from hifiedit.diffusion.backbone import model_digest
+from hifiedit.diffusion.backbone import model_digest, portable_name
 from hifiedit.train.trajectories import TrajectoryCache
 
 METHODS = ("score-matching", "markovian")
@@ -303,7 +303,7 @@ def _load_rectifier(config: EditTrainConfig, backbone):
         raise HifieditError("no default rectifier is shipped in this installation; train one "
                             "(`hifiedit train rectifier`) and pass --rectifier PATH, or --rectifier none.")
     rect = Rectifier.from_pretrained(path, backbone.unet).eval().requires_grad_(False)
-    return rect, str(path)
+    return rect, portable_name(path)
 
 
 def _guidance(config: EditTrainConfig, images: torch.Tensor):
@@ -384,7 +384,7 @@ def _train(config: EditTrainConfig, out: Path, base, resume: bool = False,
         load_optimizer_state(opt, saved["optimizer"], state["param_groups"])
         gen.set_state(saved["rng"]["generator"])
 
-    info = {"base_model": str(backbone.path or base), "method": config.method,
+    info = {"base_model": portable_name(backbone.path or base), "method": config.method,
             "markovian_variant": config.markovian_variant if config.method == "markovian" else None,
             "src": config.src, "tgt": config.tgt, "t0": config.t0, "s_for": config.s_for,
             "s_train": config.s_train, "rectifier": meta["rectifier"], "clip": config.clip,
