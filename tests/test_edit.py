@@ -281,3 +281,16 @@ def test_release_ships_the_edit_with_a_card_and_refuses_a_foreign_report(tiny, c
         release_edit_model(run, tmp_path / "shipped2", tmp_path / "foreign.json")
     with pytest.raises(HifieditError, match="exists"):
         release_edit_model(run, dest)
+
+
+def test_a_neutral_source_means_any_face_that_does_not_smile():
+    from types import SimpleNamespace
+
+    from hifiedit.train.edit import _has
+
+    face = lambda name, *expr: SimpleNamespace(name=name, expression=expr)  # noqa: E731
+    assert _has(face("neutral face", "neutral"), "expression", "neutral")
+    assert _has(face("weary face", "weary"), "expression", "neutral")
+    assert not _has(face("grinning face", "grinning"), "expression", "neutral")
+    assert not _has(face("cat", ), "expression", "neutral")
+    assert _has(face("grinning face", "grinning"), "expression", "grinning")
