@@ -51,7 +51,11 @@ def run_demo(out: Path, model: str = "default", n_images: int = 8, force: bool =
 
 
 def _judge_ships() -> bool:
-    from hifiedit.diffusion.backbone import MODELS_DIR
-    from hifiedit.guidance.clip import NAMED_CLIPS
+    from hifiedit.errors import HifieditError
+    from hifiedit.guidance.clip import resolve_clip_path
 
-    return (MODELS_DIR / NAMED_CLIPS["judge"] / "config.json").is_file()
+    try:
+        resolve_clip_path("judge", allow_judge=True)
+    except HifieditError:
+        return False
+    return True

@@ -233,11 +233,13 @@ class _Rectifiers:
 
         if not edit.rectified or self.override == "none":
             return None, None
-        wanted = self.override
-        if wanted is None:
-            trained = edit.info.get("rectifier")
-            wanted = trained if trained and Path(trained).exists() else "default"
-        path = resolve_rectifier_path(wanted)
+        if self.override is not None:
+            path = resolve_rectifier_path(self.override)
+        else:  # the trained one: a shipped name or a folder; a path from another machine → default
+            try:
+                path = resolve_rectifier_path(edit.info.get("rectifier") or "default")
+            except HifieditError:
+                path = resolve_rectifier_path("default")
         if path is None:
             raise HifieditError(f"edit {edit.name} was trained with a rectifier "
                                 f"({edit.info.get('rectifier')}) that is not here and none is "

@@ -32,6 +32,20 @@ def staged_release(model_dir: Path, dest: Path, force: bool, eval_json: Path | N
         yield tmp
 
 
+def checked_run(run: Path, weights: Path, max_bytes: int, what: str) -> dict:
+    """The run's checkpoint state, after checking that `run` holds a checkpoint and the exported
+    `weights`, and that these fit the size a shipped `what` may have."""
+    state_file = run / "checkpoint" / "state.json"
+    if not state_file.is_file() or not weights.is_file():
+        raise HifieditError(f"{run} is not a {what} training run (no checkpoint or "
+                            f"{weights.parent.name}/).")
+    size = weights.stat().st_size
+    if size > max_bytes:
+        raise HifieditError(f"{weights} is {size / 2**20:.2f} MB; a shipped {what} must be "
+                            f"≤ {max_bytes / 2**20:.1f} MB.")
+    return json.loads(state_file.read_text())
+
+
 def card_tail(commands: list[str], config: dict) -> str:
     """The end every model card shares: how to reproduce it, the config, the data licence."""
     from hifiedit.data.openmoji import ATTRIBUTION

@@ -14,10 +14,9 @@ import json
 import shutil
 from pathlib import Path
 
+from hifiedit.edit.params import MAX_DEFAULT_CHECKPOINT_BYTES, WEIGHTS_NAME
 from hifiedit.errors import HifieditError
-from hifiedit.train.release import card_tail, machines_line, staged_release
-
-MAX_BYTES = 2 * 2**20  # issue 5: each default edit ≤ 2 MB
+from hifiedit.train.release import card_tail, checked_run, machines_line, staged_release
 
 
 def plot_loss(log_csv: Path, path: Path) -> None:
@@ -56,14 +55,9 @@ def release_edit_model(run: Path, dest: Path, eval_json: Path | None = None,
     from hifiedit.eval.edit_eval import edit_label
 
     run, dest = Path(run), Path(dest)
-    state_file, folder = run / "checkpoint" / "state.json", run / "edit"
-    weights = folder / "edit.safetensors"
-    if not state_file.is_file() or not weights.is_file():
-        raise HifieditError(f"{run} is not an edit training run (no checkpoint or edit/).")
-    if weights.stat().st_size > MAX_BYTES:
-        raise HifieditError(f"{weights} is {weights.stat().st_size / 2**20:.2f} MB; a shipped "
-                            f"edit must be ≤ {MAX_BYTES / 2**20:.0f} MB.")
-    state = json.loads(state_file.read_text())
+    folder = run / "edit"
+    weights = folder / WEIGHTS_NAME
+    state = checked_run(run, weights, MAX_DEFAULT_CHECKPOINT_BYTES, "edit")
     rows, report = [], None
     if eval_json:
         report = json.loads(Path(eval_json).read_text())

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from hifiedit.errors import HifieditError
-from hifiedit.train.release import card_tail, machines_line, staged_release
+from hifiedit.train.release import card_tail, checked_run, machines_line, staged_release
 
 MAX_BYTES = 20 * 2**20  # issue 4: the default rectifier ≤ 20 MB
 
@@ -62,14 +62,8 @@ def _table(report: dict) -> str:
 def release_rectifier_model(run: Path, dest: Path, eval_json: Path | None = None,
                             force: bool = False) -> Path:
     run, dest = Path(run), Path(dest)
-    state_file = run / "checkpoint" / "state.json"
     weights = run / "rectifier" / "model.safetensors"
-    if not state_file.is_file() or not weights.is_file():
-        raise HifieditError(f"{run} is not a rectifier training run (no checkpoint or rectifier/).")
-    if weights.stat().st_size > MAX_BYTES:
-        raise HifieditError(f"{weights} is {weights.stat().st_size / 2**20:.1f} MB; the shipped "
-                            f"rectifier must be ≤ {MAX_BYTES / 2**20:.0f} MB.")
-    state = json.loads(state_file.read_text())
+    state = checked_run(run, weights, MAX_BYTES, "rectifier")
     report = json.loads(Path(eval_json).read_text()) if eval_json else None
     if report is not None and not any(r["method"] == "rectified" for r in report["rows"]):
         raise HifieditError(f"{eval_json} has no rectified rows: run `hifiedit eval recon "
