@@ -225,6 +225,43 @@ def test_edits_change_the_image_and_mix(tiny):
     assert (both - two).abs().mean() > 1e-4
 
 
+def test_editing_interval_leaves_the_low_levels_to_the_base(tiny):
+    _, bb = tiny
+    pipe, x = HifiEditPipeline(bb), _images(2, 7)
+    edit = _zero_edit(bb, None)
+    _randomise(edit.params, seed=3, scale=0.2)
+    grid = pipe.timesteps(200, 4)  # [0, 50, 100, 150, 200]
+    # Above t_edit ψ's ε, below θ's, exactly.
+    edit.info["t_edit"] = 100
+    eps = pipe._mixed_eps_fn([edit], None, grid)
+    psi = edit.unet(bb)
+    for t in grid[1:]:
+        tt = torch.tensor(t)
+        want = bb.eps(x, tt, unet=psi) if t >= 100 else bb.eps(x, tt)
+        torch.testing.assert_close(eps(x, tt), want)
+    # The interval changes the output; t_edit 0 is the whole chain (the paper's editing).
+    inside, whole = pipe.edit(x, edit, steps=4), None
+    edit.info["t_edit"] = 0
+    whole = pipe.edit(x, edit, steps=4)
+    assert (inside - whole).abs().mean() > 1e-4
+
+
+def test_score_matching_draws_only_inside_the_interval(tiny, clip_dir, tmp_path, monkeypatch):
+    _, bb = tiny
+    config = _config(clip_dir, "none", t_edit=120)  # S_for 6 over t0 200: levels 33, 66, …, 200
+    task, _, _ = build_task(config, bb, _images(5, 0), tmp_path / "cache")
+    seen = []
+    real = task.backbone.eps
+    monkeypatch.setattr(task.backbone, "eps", lambda x, t, unet=None: seen.append(t) or real(x, t, unet=unet))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(8):
+        STEPS["score-matching"](task, gen)
+    levels = {int(v) for t in seen for v in t.reshape(-1)}
+    assert levels and min(levels) >= 120 and len(levels) > 1
+    with pytest.raises(HifieditError, match="t_edit"):
+        EditTrainConfig(src="man", tgt="woman", t0=200, t_edit=300).validate()
+
+
 def test_cli_train_edit_then_edit_refusing_to_overwrite(tiny, clip_dir, tmp_path, capsys):
     folder, bb = tiny
     src = tmp_path / "in"

@@ -160,6 +160,17 @@ def test_eval_edit_writes_rows_and_grid(tiny, judge_dir, tmp_path, monkeypatch, 
     for r in rows[2:]:
         assert r["n_images"] == 1 and r["method"] == "markovian"
         assert r["gt_mae"] is r["gt_psnr"] is r["preserve_mae"] is None
+    # References: the unchanged source's error is the skin patch's (200 → 60 on 4×6 of 16×16
+    # pixels); its judge verdict and the no-edit reconstructions are scored like edits.
+    refs = report["references"]
+    assert [(r["reference"], r["steps"], r["tgt"]) for r in refs] == [
+        ("unchanged", None, "dark skin tone"), ("reconstruction", 2, "dark skin tone"),
+        ("reconstruction", 3, "dark skin tone"), ("unchanged", None, "smiling face"),
+        ("reconstruction", 2, "smiling face"), ("reconstruction", 3, "smiling face")]
+    assert refs[0]["gt_mae"] == pytest.approx(140 / 255 * 24 / 256, rel=1e-5)
+    assert refs[0]["preserve_mae"] == 0 and refs[0]["s_dir"] == 0
+    assert 0 < refs[1]["preserve_mae"] < 1 and refs[1]["gt_mae"] != refs[0]["gt_mae"]
+    assert "no edit, light skin tone → dark skin tone:\n  (unchanged)" in table
     # Grid: one column per image (2), rows source | target | 2 edit rows, then source | 2 rows.
     with Image.open(out_grid) as img:
         assert img.height == 7 * (16 * 3 + 3) + 3 and img.width > 2 * (16 * 3 + 3)

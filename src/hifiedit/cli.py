@@ -111,7 +111,8 @@ def cmd_train_edit(args) -> None:
     overrides = {"src": args.src, "tgt": args.tgt, "method": args.method,
                  "markovian_variant": args.markovian_variant, "rectifier": args.rectifier,
                  "clip": args.clip, "images": args.images, "image_dir": args.image_dir,
-                 "t0": args.t0, "s_for": args.s_for, "s_train": args.s_train, "iters": args.iters,
+                 "t0": args.t0, "s_for": args.s_for, "s_train": args.s_train, "t_edit": args.t_edit,
+                 "iters": args.iters,
                  "lr": args.lr, "w_dir": args.w_dir, "w_l1": args.w_l1,
                  "batch_size": args.batch_size, "param_method": args.params, "rank": args.rank,
                  "threads": args.threads}
@@ -166,7 +167,8 @@ def cmd_eval_edit(args) -> None:
 
     config = EditEvalConfig(edits=tuple(args.edit), model=args.model, split=args.split,
                             steps=tuple(args.steps), t0=args.t0, s_for=args.s_for,
-                            judge=args.judge, rectifier=args.rectifier, limit=args.limit)
+                            judge=args.judge, rectifier=args.rectifier, limit=args.limit,
+                            references=not args.no_references)
     report = run_edit_eval(config, json_path=Path(args.json) if args.json else None,
                            grid_path=Path(args.grid) if args.grid else None, force=args.force)
     print(format_table(report))
@@ -257,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--t0", type=int)
     te.add_argument("--s-for", type=int, help="inversion steps")
     te.add_argument("--s-train", type=int, help="Markovian generation steps")
+    te.add_argument("--t-edit", type=int, help="editing interval [t_edit, t0]: the edit acts only "
+                                               "at levels ≥ t_edit (default 0: at every level)")
     te.add_argument("--iters", type=int)
     te.add_argument("--lr", type=float)
     te.add_argument("--w-dir", type=float, help="directional CLIP loss weight")
@@ -336,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     ee.add_argument("--rectifier", help="default: the one each edit was trained with; a folder, "
                                         "or none")
     ee.add_argument("--limit", type=int, help="at most N images per edit")
+    ee.add_argument("--no-references", action="store_true",
+                    help="skip the reference rows (source unchanged; reconstructed with no edit)")
     ee.add_argument("--json", help="write the report here")
     ee.add_argument("--grid", help="write the image grid (source | true target | each edit) here")
     ee.add_argument("--force", action="store_true", help="overwrite existing --json/--grid")

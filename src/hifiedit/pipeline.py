@@ -142,8 +142,13 @@ class HifiEditPipeline:
         return self._generate(eps_fn, x_t0, t0, steps, progress).final
 
     def _mixed_eps_fn(self, edits, x0: torch.Tensor | None, timesteps=None):
-        """ε of ψ for one edit; DiffusionCLIP's noise mixing (mean ε) for several."""
-        fns = [self.eps_fn(x0, e.unet(self.backbone), timesteps) for e in edits]
+        """ε of ψ for one edit (the base's below its t_edit); DiffusionCLIP's noise mixing
+        (mean ε) for several."""
+        from hifiedit.edit import within_interval
+
+        base = self.eps_fn(x0, None, timesteps)
+        fns = [within_interval(self.eps_fn(x0, e.unet(self.backbone), timesteps), base, e.t_edit)
+               for e in edits]
         return fns[0] if len(fns) == 1 else (lambda x, t: torch.stack([f(x, t) for f in fns]).mean(0))
 
     @torch.no_grad()

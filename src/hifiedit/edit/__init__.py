@@ -7,7 +7,8 @@ from hifiedit.edit.params import (
     edited_layers,
     load_edit,
     resolve_edit_path,
+    within_interval,
 )
 
 __all__ = ["Edit", "EditParams", "EditParamsConfig", "edited_layers", "load_edit",
-           "resolve_edit_path"]
+           "resolve_edit_path", "within_interval"]

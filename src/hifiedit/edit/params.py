@@ -202,6 +202,15 @@ class EditParams(nn.Module):
                     v.copy_(tensors[f"{name}.{_SUFFIX[k]}"])
 
 
+def within_interval(edited, base, t_edit: int):
+    """An ε-callable that is ``edited`` at levels t ≥ ``t_edit`` and ``base`` below: the
+    editing interval [t_edit, t0] (Asyrp's t_edit). The last, low-noise steps only restore
+    detail, so leaving them to the base keeps what the edit should not touch."""
+    if t_edit <= 0:
+        return edited
+    return lambda x, t: edited(x, t) if int(t.reshape(-1)[0]) >= t_edit else base(x, t)
+
+
 @dataclass
 class Edit:
     """A trained edit: ψ's offsets, the base model they belong to (by content hash) and what
@@ -216,6 +225,11 @@ class Edit:
     @property
     def t0(self) -> int:
         return int(self.info.get("t0", 400))
+
+    @property
+    def t_edit(self) -> int:
+        """The edit acts at levels t ≥ t_edit; the base finishes the image below (0: always)."""
+        return int(self.info.get("t_edit") or 0)
 
     @property
     def rectified(self) -> bool:

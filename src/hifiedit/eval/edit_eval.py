@@ -25,6 +25,12 @@ trained with a rectifier.
 - `train_s_per_iter` from the edit's config; `edit_s_per_image`: measured wall time of
   inversion + generation, per image.
 
+Beside the rows, ``references`` (on by default) puts every score in context, per pair of
+texts: the source left **unchanged** (the gt error of doing nothing; the judge's verdict on
+an unedited source) and the source **reconstructed** with no edit at each S_gen (the error
+that inversion + generation alone add). An edit whose gt_mae is not below "unchanged" has
+not moved the image towards its true target.
+
 The grid is the paper's Figure 5 turned on its side: one column per image, rows source | true
 target | each (edit, S_gen), one block per (src, tgt) pair of texts.
 """
@@ -59,6 +65,8 @@ class EditEvalConfig:
     # "none": no rectifier; or a rectifier folder for every edit.
     rectifier: str | None = None
     limit: int | None = None
+    # Reference rows beside the edits: the source unchanged and reconstructed with no edit.
+    references: bool = True
     batch_size: int = 16
     grid_images: int = 8
 
@@ -229,6 +237,7 @@ class _Rectifiers:
         self.backbone, self.override, self.loaded = backbone, override, {}
 
     def for_edit(self, edit):
+        """(rectifier, its portable name) for one edit, or (None, None) for a plain edit."""
         from hifiedit.pipeline import resolve_rectifier_path
 
         if not edit.rectified or self.override == "none":
@@ -244,18 +253,67 @@ class _Rectifiers:
             raise HifieditError(f"edit {edit.name} was trained with a rectifier "
                                 f"({edit.info.get('rectifier')}) that is not here and none is "
                                 "shipped: pass --rectifier PATH or none.")
+        return self.load(path)
+
+    def load(self, path):
+        from hifiedit.diffusion.backbone import portable_name
+
         key = str(Path(path).resolve())
         if key not in self.loaded:
             from hifiedit.rectifier import Rectifier
 
             rect = Rectifier.from_pretrained(path, self.backbone.unet)
             self.loaded[key] = rect.eval().requires_grad_(False)
-        return self.loaded[key], str(path)
+        return self.loaded[key], portable_name(path)
 
 
 def _images(data, indices: list[int]) -> torch.Tensor:
     x = torch.from_numpy(data.images[indices]).permute(0, 3, 1, 2)
     return x.float().div(127.5).sub(1.0).contiguous()
+
+
+def _block(data, config: EditEvalConfig, attrs: EditAttributes, judge) -> dict:
+    """The images one (src, tgt) pair of texts is measured on, with what every score needs."""
+    from hifiedit.eval.clip_eval import _image_embeddings
+
+    chosen = select_images(data, config.split, attrs, config.limit)
+    sources = _images(data, [s for s, _ in chosen])
+    targets = _images(data, [t for _, t in chosen]) if attrs.ground_truth else None
+    return {"attrs": attrs, "sources": sources, "targets": targets,
+            "records": [data.records[s] for s, _ in chosen],
+            "src_emb": _image_embeddings(judge, sources),
+            "mask": preserve_mask(sources, targets) if targets is not None else None, "rows": {}}
+
+
+def _scores(block: dict, edited: torch.Tensor, judge) -> dict:
+    """The metrics of one set of outputs against the block's sources and true targets."""
+    sdir, verdict = judge_scores(judge, edited, block["src_emb"], block["records"], block["attrs"])
+    scores = {"ground_truth": block["attrs"].ground_truth, "gt_mae": None, "gt_psnr": None,
+              "preserve_mae": None, "preserve_fraction": None}
+    if block["targets"] is not None:
+        gt_mae, gt_psnr = gt_errors(edited, block["targets"])
+        scores.update(gt_mae=gt_mae.mean().item(), gt_psnr=gt_psnr.mean().item(),
+                      preserve_mae=_mean(preserve_errors(edited, block["sources"], block["mask"])),
+                      preserve_fraction=block["mask"].float().mean().item())
+    return {**scores, "s_dir": sdir.mean().item(), "judge_acc": verdict.mean().item()}
+
+
+def _reference_rows(block: dict, config: EditEvalConfig, pipe, rect_name: str | None,
+                    judge) -> list[dict]:
+    """What the edits are measured against: the source left unchanged (the error of doing
+    nothing, and how often the judge already sees the target in a source) and the source
+    reconstructed with no edit at each S_gen (what inversion + generation alone cost),
+    rectified with the rectifier of the block's first rectified edit, if any."""
+    a, sources, t0 = block["attrs"], block["sources"], block["t0"]
+    common = {"src": a.src, "tgt": a.tgt, "t0": t0, "n_images": len(sources)}
+    refs = [{"reference": "unchanged", "rectifier": None, "steps": None, **common,
+             **_scores(block, sources, judge)}]
+    for steps in config.steps:
+        out = torch.cat([pipe.reconstruct(b, steps=steps, t0=t0, s_for=config.s_for)
+                         for b in sources.split(config.batch_size)]).cpu()
+        refs.append({"reference": "reconstruction", "rectifier": rect_name, "steps": steps, **common,
+                     **_scores(block, out, judge)})
+    return refs
 
 
 # --------------------------------------------------------------------------- the run
@@ -268,9 +326,8 @@ def run_edit_eval(config: EditEvalConfig, json_path: Path | None = None,
     grid. `backbone` and `data` (an `OpenMojiSet`) override loading them."""
     from tqdm import tqdm
 
-    from hifiedit.diffusion.backbone import load_backbone
+    from hifiedit.diffusion.backbone import load_backbone, portable_name
     from hifiedit.edit import load_edit
-    from hifiedit.eval.clip_eval import _image_embeddings
     from hifiedit.eval.recon import _check_outputs
     from hifiedit.pipeline import HifiEditPipeline
 
@@ -290,52 +347,47 @@ def run_edit_eval(config: EditEvalConfig, json_path: Path | None = None,
                             f"{backbone.sample_size}px.")
     rectifiers = _Rectifiers(backbone, config.rectifier)
 
-    rows, blocks = [], {}
+    rows, references, blocks = [], [], {}
     jobs = [(label, edit, steps) for label, edit in edits for steps in config.steps]
     bar = tqdm(total=len(jobs), desc="eval edit", disable=not progress)
     for label, edit in edits:
         if not edit.info.get("src") or not edit.info.get("tgt"):
             raise HifieditError(f"edit {label} records no src/tgt texts; it cannot be evaluated.")
         attrs = edit_attributes(edit.info["src"], edit.info["tgt"])
-        chosen = select_images(data, config.split, attrs, config.limit)
-        sources = _images(data, [s for s, _ in chosen])
-        targets = _images(data, [t for _, t in chosen]) if attrs.ground_truth else None
-        records = [data.records[s] for s, _ in chosen]
-        src_emb = _image_embeddings(judge, sources)
-        mask = preserve_mask(sources, targets) if targets is not None else None
         rect, rect_path = rectifiers.for_edit(edit)
         pipe = HifiEditPipeline(backbone, rect)
         edit.unet(backbone)  # build ψ (and check its base) outside the timed loop
-        block = blocks.setdefault((attrs.src, attrs.tgt), {"attrs": attrs, "sources": sources,
-                                                           "targets": targets, "rows": {}})
+        t0 = config.t0 if config.t0 is not None else edit.t0
+        if (attrs.src, attrs.tgt) not in blocks:
+            blocks[(attrs.src, attrs.tgt)] = {**_block(data, config, attrs, judge), "t0": t0}
+        block = blocks[(attrs.src, attrs.tgt)]
+        if rect is not None and "rectifier" not in block:
+            block["rectifier"] = (rect, rect_path)  # the reconstruction reference's
         for steps in config.steps:
             start = time.perf_counter()
             edited = torch.cat([pipe.edit(b, edit, steps=steps, t0=config.t0, s_for=config.s_for)
-                                for b in sources.split(config.batch_size)]).cpu()
+                                for b in block["sources"].split(config.batch_size)]).cpu()
             seconds = time.perf_counter() - start
-            sdir, verdict = judge_scores(judge, edited, src_emb, records, attrs)
             row = {"edit": label, "method": edit.info.get("method"),
                    "markovian_variant": edit.info.get("markovian_variant"),
                    "rectifier": rect_path, "src": attrs.src, "tgt": attrs.tgt, "steps": steps,
-                   "t0": config.t0 if config.t0 is not None else edit.t0,
-                   "s_for": config.s_for or steps, "ground_truth": attrs.ground_truth,
-                   "gt_mae": None, "gt_psnr": None, "preserve_mae": None, "preserve_fraction": None}
-            if targets is not None:
-                gt_mae, gt_psnr = gt_errors(edited, targets)
-                row.update(gt_mae=gt_mae.mean().item(), gt_psnr=gt_psnr.mean().item(),
-                           preserve_mae=_mean(preserve_errors(edited, sources, mask)),
-                           preserve_fraction=mask.float().mean().item())
-            row.update(s_dir=sdir.mean().item(), judge_acc=verdict.mean().item(),
-                       train_s_per_iter=edit.info.get("train_s_per_iter"),
-                       edit_s_per_image=seconds / len(sources), n_images=len(sources))
+                   "t0": t0, "t_edit": edit.t_edit, "s_for": config.s_for or steps,
+                   **_scores(block, edited, judge),
+                   "train_s_per_iter": edit.info.get("train_s_per_iter"),
+                   "edit_s_per_image": seconds / len(edited), "n_images": len(edited)}
             rows.append(row)
             block["rows"][f"{label}@{steps}"] = edited
             bar.update(1)
     bar.close()
+    if config.references:
+        for block in blocks.values():
+            rect, rect_path = block.get("rectifier", (None, None))
+            references += _reference_rows(block, config, HifiEditPipeline(backbone, rect),
+                                          rect_path, judge)
 
-    report = {"model": str(config.model), "split": config.split, "judge": judge.path,
+    report = {"model": str(config.model), "split": config.split, "judge": portable_name(judge.path),
               "preserve_threshold": PRESERVE_THRESHOLD, "machine": machine_description(),
-              "rows": rows}
+              "rows": rows, "references": references}
     if grid_path is not None:
         save_edit_grid(list(blocks.values()), grid_path, config.grid_images)
         report["grid"] = str(grid_path)
@@ -369,14 +421,21 @@ def format_table(report: dict) -> str:
     def f(v, spec):
         return "n/a" if v is None else format(v, spec)
 
+    def line(name, method, rect, steps, r):
+        return (f"{name[:28]:28} {method[:15]:15} {'yes' if rect else 'no':>4} "
+                f"{'-' if steps is None else steps:>5} {r['n_images']:>4} {f(r['gt_mae'], '7.4f'):>7} "
+                f"{f(r['gt_psnr'], '7.2f'):>7} {f(r['preserve_mae'], '8.4f'):>8} "
+                f"{f(r['s_dir'], '6.3f'):>6} {f(r['judge_acc'], '5.2f'):>5} "
+                f"{f(r.get('train_s_per_iter'), '6.2f'):>6} {f(r.get('edit_s_per_image'), '6.3f'):>6}")
+
     lines = [f"split {report['split']}  judge {report['judge']}",
              f"{'edit':28} {'method':15} {'rect':>4} {'steps':>5} {'n':>4} {'gt_MAE':>7} "
              f"{'gt_PSNR':>7} {'keep_MAE':>8} {'S_dir':>6} {'acc':>5} {'s/iter':>6} {'s/img':>6}"]
-    for r in report["rows"]:
-        lines.append(
-            f"{r['edit'][:28]:28} {(r['method'] or '?')[:15]:15} {'yes' if r['rectifier'] else 'no':>4} "
-            f"{r['steps']:>5} {r['n_images']:>4} {f(r['gt_mae'], '7.4f'):>7} "
-            f"{f(r['gt_psnr'], '7.2f'):>7} {f(r['preserve_mae'], '8.4f'):>8} "
-            f"{f(r['s_dir'], '6.3f'):>6} {f(r['judge_acc'], '5.2f'):>5} "
-            f"{f(r['train_s_per_iter'], '6.2f'):>6} {f(r['edit_s_per_image'], '6.3f'):>6}")
+    lines += [line(r["edit"], r["method"] or "?", r["rectifier"], r["steps"], r) for r in report["rows"]]
+    pair = None
+    for r in report.get("references", []):
+        if (r["src"], r["tgt"]) != pair:
+            pair = (r["src"], r["tgt"])
+            lines.append(f"no edit, {r['src']} → {r['tgt']}:")
+        lines.append(line(f"  ({r['reference']})", "no edit", r["rectifier"], r["steps"], r))
     return "\n".join(lines)

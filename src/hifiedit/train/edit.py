@@ -73,6 +73,9 @@ class EditTrainConfig:
     t0: int = 400
     s_for: int = 40
     s_train: int = 6
+    # Editing interval [t_edit, t0]: ψ acts only at levels t ≥ t_edit, the base (rectified)
+    # below, in training and at inference alike. 0 = every level (the paper, DiffusionCLIP).
+    t_edit: int = 0
     # Loss (DESIGN §1). Starting values: the issue's learning-rate search settles the
     # defaults' own values; both terms on an equal footing for the two methods.
     w_dir: float = 1.0
@@ -105,6 +108,7 @@ class EditTrainConfig:
         require(self.t0 >= 1, f"t0 must be ≥ 1, got {self.t0}.")  # < T: checked with the model
         require(1 <= self.s_for <= self.t0 and 1 <= self.s_train <= self.t0,
                 f"s_for and s_train must be in [1, t0={self.t0}].")
+        require(0 <= self.t_edit <= self.t0, f"t_edit must be in [0, t0={self.t0}], got {self.t_edit}.")
         require(self.w_dir >= 0 and self.w_l1 >= 0 and self.w_dir + self.w_l1 > 0,
                 "w_dir and w_l1 must be ≥ 0 and not both 0.")
         require(self.loss_form in ("cosine", "log"), "loss_form must be cosine or log.")
@@ -209,14 +213,16 @@ class EditTask:
         return self.backbone.alphas_cumprod.to(torch.float64)[t]
 
     def eps(self, x: torch.Tensor, t: torch.Tensor, x0_code: torch.Tensor | None,
-            step: torch.Tensor) -> torch.Tensor:
+            step: torch.Tensor, edited: bool = True) -> torch.Tensor:
         """ε_{ψ⊙(1+R(x0, P_t^θ))}(x_t, t), or ε_ψ without a rectifier (DESIGN §1); ``step`` is
-        the size of the DDIM move this ε serves (the rectifier may be conditioned on it)."""
+        the size of the DDIM move this ε serves (the rectifier may be conditioned on it).
+        ``edited=False``: the base θ instead of ψ (below the editing interval)."""
+        unet = self.psi if edited else None
         if self.rectifier is None:
-            return self.backbone.eps(x, t, unet=self.psi)
+            return self.backbone.eps(x, t, unet=unet)
         from hifiedit.rectifier import rectified_eps
 
-        return rectified_eps(self.backbone, self.rectifier, x, t, x0_code, unet=self.psi, step=step)
+        return rectified_eps(self.backbone, self.rectifier, x, t, x0_code, unet=unet, step=step)
 
     def x0_code(self, x0: torch.Tensor) -> torch.Tensor | None:
         if self.rectifier is None:
@@ -246,11 +252,12 @@ def edit_loss(clip, p_hat: torch.Tensor, x0: torch.Tensor, src_emb: torch.Tensor
 
 
 def score_matching_step(task: EditTask, gen: torch.Generator) -> float:
-    """One edited pass per sample at a random point of its original inversion trajectory;
-    backpropagates and returns the loss."""
+    """One edited pass per sample at a random point (in the editing interval) of its original
+    inversion trajectory; backpropagates and returns the loss."""
     b = task.config.batch_size
     idx = torch.randint(len(task.images), (b,), generator=gen)
-    pos = torch.randint(len(task.kept), (b,), generator=gen)
+    in_interval = (task.levels[task.kept] >= task.config.t_edit).nonzero().flatten()
+    pos = in_interval[torch.randint(len(in_interval), (b,), generator=gen)]
     x, t = task.states[idx, pos], task.levels[task.kept[pos]]
     step = t - task.levels[task.kept[pos] - 1]  # the S_for grid's move down from t
     eps = task.eps(x, t, task.x0_code(task.images[idx]), step)
@@ -271,7 +278,7 @@ def markovian_step(task: EditTask, gen: torch.Generator) -> float:
     ac = task.backbone.alphas_cumprod
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return task.eps(x, t, code, step_of(t))
+        return task.eps(x, t, code, step_of(t), edited=int(t.reshape(-1)[0]) >= c.t_edit)
 
     if c.markovian_variant == "full":
         traj = generate(eps_fn, x_t0, grid, ac, task.conventions)
@@ -396,7 +403,7 @@ def _train(config: EditTrainConfig, out: Path, base, resume: bool = False,
     info = {"base_model": portable_name(backbone.path or base), "method": config.method,
             "markovian_variant": config.markovian_variant if config.method == "markovian" else None,
             "src": config.src, "tgt": config.tgt, "t0": config.t0, "s_for": config.s_for,
-            "s_train": config.s_train, "rectifier": meta["rectifier"], "clip": config.clip,
+            "s_train": config.s_train, "t_edit": config.t_edit, "rectifier": meta["rectifier"], "clip": config.clip,
             "n_train_images": len(images), "training": asdict(config)}
     times: list[float] = []
 
