@@ -302,11 +302,18 @@ def test_release_ships_the_edit_with_a_card_and_refuses_a_foreign_report(tiny, c
     _run(tiny, run, tmp_path / "cache", _config(clip_dir, rect_dir, iters=2, lr=1e-2))
     report = {"split": "test", "machine": "m", "rows": [
         {"edit": "l2d", "steps": 6, "gt_mae": 0.05, "gt_psnr": 20.0, "preserve_mae": 0.01,
-         "s_dir": 0.3, "judge_acc": 0.9, "n_images": 4}]}
+         "s_dir": 0.3, "judge_acc": 0.9, "n_images": 4}], "references": [
+        {"reference": "unchanged", "src": "light skin tone", "tgt": "dark skin tone", "steps": None,
+         "gt_mae": 0.06, "gt_psnr": 19.0, "preserve_mae": 0.0, "s_dir": 0.0, "judge_acc": 0.1,
+         "n_images": 4},
+        {"reference": "unchanged", "src": "man", "tgt": "woman", "steps": None, "gt_mae": 0.07,
+         "gt_psnr": 18.0, "preserve_mae": 0.0, "s_dir": 0.0, "judge_acc": 0.2, "n_images": 5}]}
     (tmp_path / "ok.json").write_text(json.dumps(report))
     dest = release_edit_model(run, tmp_path / "shipped", tmp_path / "ok.json")
     card = (dest / "README.md").read_text()
-    assert "| 6 | 0.0500 | 20.00 | 0.0100 | 0.300 | 0.90 | 4 |" in card
+    assert "| this edit | 6 | 0.0500 | 20.00 | 0.0100 | 0.300 | 0.90 | 4 |" in card
+    assert "| no edit: source unchanged | – | 0.0600 | 19.00 | 0.0000 | 0.000 | 0.10 | 4 |" in card
+    assert "0.0700" not in card  # another edit's reference
     assert "hifiedit train edit --src \"light skin tone\"" in card
     # The shipped copy loads and is the trained edit.
     shipped, trained = load_edit(dest, tiny[1]), load_edit(run / "edit", tiny[1])

@@ -39,13 +39,16 @@ def _fmt(v, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
-def eval_table(rows: list[dict]) -> str:
-    lines = ["| S_gen | gt MAE | gt PSNR (dB) | preserve MAE | S_dir (judge) | judge acc | n |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['steps']} | {_fmt(r['gt_mae'], '.4f')} | {_fmt(r['gt_psnr'], '.2f')} "
-                     f"| {_fmt(r['preserve_mae'], '.4f')} | {r['s_dir']:.3f} | {r['judge_acc']:.2f} "
-                     f"| {r['n_images']} |")
+def eval_table(rows: list[dict], references: list[dict] = ()) -> str:
+    """The edit's rows, then the report's no-edit references for the same texts."""
+    lines = ["| output | S_gen | gt MAE | gt PSNR (dB) | preserve MAE | S_dir (judge) | judge acc | n |",
+             "|---|---|---|---|---|---|---|---|"]
+    named = [("this edit", r) for r in rows]
+    named += [(f"no edit: source {r['reference']}", r) for r in references]
+    for name, r in named:
+        lines.append(f"| {name} | {_fmt(r['steps'], 'd')} | {_fmt(r['gt_mae'], '.4f')} "
+                     f"| {_fmt(r['gt_psnr'], '.2f')} | {_fmt(r['preserve_mae'], '.4f')} "
+                     f"| {r['s_dir']:.3f} | {r['judge_acc']:.2f} | {r['n_images']} |")
     return "\n".join(lines)
 
 
@@ -84,8 +87,16 @@ def train_command(training: dict, out: Path) -> str:
     return (f'hifiedit train edit --src "{t["src"]}" --tgt "{t["tgt"]}" --method {t["method"]}'
             + (f' --markovian-variant {t["markovian_variant"]}' if t["method"] == "markovian" else "")
             + f' --rectifier {t["rectifier"]} --images {t["images"]} --t0 {t["t0"]}'
-            f' --s-for {t["s_for"]} --s-train {t["s_train"]} --iters {t["iters"]} --lr {t["lr"]}'
+            f' --s-for {t["s_for"]} --s-train {t["s_train"]}'
+            + (f' --t-edit {t["t_edit"]}' if t.get("t_edit") else "")
+            + f' --iters {t["iters"]} --lr {t["lr"]}'
             f' --w-dir {t["w_dir"]} --w-l1 {t["w_l1"]} --out {out}')
+
+
+def _interval(config: dict) -> str:
+    t_edit = config.get("t_edit") or 0
+    return (f"the edit acts at levels t ≥ {t_edit} (the base finishes below)" if t_edit
+            else "the edit acts at every level")
 
 
 def _write_card(tmp: Path, run: Path, dest: Path, state: dict, config: dict, report, rows,
@@ -107,7 +118,7 @@ test split never seen), guided by the directional CLIP loss of the guide CLIP
 - base model: `{config['base_model']}` (content hash `{config['base_digest'][:16]}…`); refused
   with any other base
 - edit parameters: {t['param_method']} (rank {t['rank']}), {n_bytes / 2**20:.2f} MB
-- t0 {config['t0']}, S_for {config['s_for']}, S_train {config['s_train']}; {state['step']}
+- t0 {config['t0']}, {_interval(config)}, S_for {config['s_for']}, S_train {config['s_train']}; {state['step']}
   iterations of batch {t['batch_size']}, lr {t['lr']} (constant), λ_dir {t['w_dir']},
   λ_L1 {t['w_l1']}
 - training: {state['wall_seconds'] / 60:.1f} min, {config['train_s_per_iter']:.2f} s/iteration
@@ -122,9 +133,11 @@ Use it:
 ## Measured on the {report['split'] if report else 'test'} split
 """
     if report:
+        refs = [r for r in report.get("references", [])
+                if (r["src"], r["tgt"]) == (config["src"], config["tgt"])]
         card += (f"\n`hifiedit eval edit --edit {dest.name} --split {report['split']} --steps "
                  f"{','.join(str(r['steps']) for r in rows)}` (judge: the independent judge CLIP; "
-                 f"{report.get('machine', '')}):\n\n{eval_table(rows)}\n")
+                 f"{report.get('machine', '')}):\n\n{eval_table(rows, refs)}\n")
         if (tmp / "grid.png").is_file():
             card += "\nSource | true target | edits (rows):\n\n![grid](grid.png)\n"
     else:
