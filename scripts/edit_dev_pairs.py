@@ -1,0 +1,68 @@
+"""Measure light→dark edits on *dev* pairs: train-split light→dark pairs whose source is not
+one of the edit's training images. Used to choose the editing interval t_edit without
+touching the val or test split (val has only 8 light→dark pairs: too few to choose by).
+
+    python scripts/edit_dev_pairs.py --edit runs/edits/A/edit --edit ... [--n 48] [--steps 6] --json FILE
+
+Each edit is applied as `hifiedit edit` applies it (its own t0, t_edit and rectifier). Prints
+and writes {"rows": [{"edit", "t_edit", "steps", "gt_mae", "preserve_mae", "n_images"}, ...],
+"unchanged_gt_mae"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from hifiedit.data.openmoji import edit_pairs, load_openmoji
+from hifiedit.edit import load_edit
+from hifiedit.eval.edit_eval import _images, edit_label, gt_errors, preserve_errors, preserve_mask
+from hifiedit.pipeline import HifiEditPipeline
+from hifiedit.runtime import machine_description, write_text_atomic
+from hifiedit.train.edit import EditTrainConfig, training_images
+
+
+def dev_pairs(data, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    records = [data.records[i] for i in data.indices("train")]
+    pairs = sorted((p.source, p.target) for p in edit_pairs(records) if p.kind == "skin_tone"
+                   and p.source_attr == "light" and p.target_attr == "dark")
+    trained = training_images(EditTrainConfig(src="light skin tone", tgt="dark skin tone"),
+                              data.images.shape[1])
+    sources = _images(data, [s for s, _ in pairs])
+    unseen = [i for i in range(len(pairs)) if not any(torch.equal(sources[i], t) for t in trained)]
+    pick = torch.randperm(len(unseen), generator=torch.Generator().manual_seed(seed))[:n]
+    keep = [unseen[i] for i in pick]
+    return sources[keep], _images(data, [pairs[i][1] for i in keep])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--edit", action="append", required=True)
+    ap.add_argument("--n", type=int, default=48)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    pipe = HifiEditPipeline.from_pretrained()
+    sources, targets = dev_pairs(load_openmoji(pipe.image_size), args.n)
+    mask = preserve_mask(sources, targets)
+    rows = []
+    for name in args.edit:
+        edit = load_edit(name, pipe.backbone)
+        out = pipe.edit(sources, edit, steps=args.steps)
+        rows.append({"edit": edit_label(name), "t_edit": edit.t_edit, "steps": args.steps,
+                     "gt_mae": gt_errors(out, targets)[0].mean().item(),
+                     "preserve_mae": preserve_errors(out, sources, mask).nanmean().item(),
+                     "n_images": len(sources)})
+        print(json.dumps(rows[-1]), flush=True)
+    report = {"purpose": __doc__.splitlines()[0], "machine": machine_description(),
+              "unchanged_gt_mae": gt_errors(sources, targets)[0].mean().item(), "rows": rows}
+    if args.json:
+        write_text_atomic(Path(args.json), json.dumps(report, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "rows"}))
+
+
+if __name__ == "__main__":
+    main()
