@@ -1,5 +1,6 @@
-"""Measure light→dark edits on *dev* pairs: train-split light→dark pairs whose source is not
-one of the edit's training images. Used to choose the editing interval t_edit without
+"""Light→dark edits measured on dev pairs, off the val and test splits.
+
+Dev pairs: train-split light→dark pairs whose source is not one of the edit's training images. Used to choose the editing interval t_edit without
 touching the val or test split (val has only 8 light→dark pairs: too few to choose by).
 
     python scripts/edit_dev_pairs.py --edit runs/edits/A/edit --edit ... [--n 48] [--steps 6] --json FILE
