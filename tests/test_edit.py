@@ -240,10 +240,26 @@ def test_editing_interval_leaves_the_low_levels_to_the_base(tiny):
         want = bb.eps(x, tt, unet=psi) if t >= 100 else bb.eps(x, tt)
         torch.testing.assert_close(eps(x, tt), want)
     # The interval changes the output; t_edit 0 is the whole chain (the paper's editing).
-    inside, whole = pipe.edit(x, edit, steps=4), None
+    inside = pipe.edit(x, edit, steps=4)
+    torch.testing.assert_close(pipe.edit(x, edit, steps=4, t_edit=100), inside)
+    whole = pipe.edit(x, edit, steps=4, t_edit=0)  # the caller overrides the trained interval
     edit.info["t_edit"] = 0
-    whole = pipe.edit(x, edit, steps=4)
+    torch.testing.assert_close(pipe.edit(x, edit, steps=4), whole)
     assert (inside - whole).abs().mean() > 1e-4
+    with pytest.raises(HifieditError, match="t_edit"):
+        pipe.edit(x, edit, steps=4, t_edit=500)
+
+
+def test_markovian_chain_uses_the_base_below_the_interval(tiny, clip_dir, tmp_path, monkeypatch):
+    _, bb = tiny
+    config = _config(clip_dir, "none", method="markovian", t_edit=100)  # S_train 3: 200, 133, 66
+    task, _, _ = build_task(config, bb, _images(5, 0), tmp_path / "cache")
+    calls = []
+    real = task.backbone.eps
+    monkeypatch.setattr(task.backbone, "eps", lambda x, t, unet=None:
+                        calls.append((int(t.reshape(-1)[0]), unet is not None)) or real(x, t, unet=unet))
+    STEPS["markovian"](task, torch.Generator().manual_seed(0))
+    assert calls == [(200, True), (133, True), (66, False)]
 
 
 def test_score_matching_draws_only_inside_the_interval(tiny, clip_dir, tmp_path, monkeypatch):

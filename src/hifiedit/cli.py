@@ -135,7 +135,7 @@ def cmd_edit(args) -> None:
               "without it", file=sys.stderr)
     written = edit_paths(pipe, edits, Path(args.input), Path(args.output), steps=args.steps,
                          t0=args.t0, s_for=args.s_for, force=args.force, crop=args.crop,
-                         progress=True)
+                         progress=True, t_edit=args.t_edit)
     print(f"wrote {written[0] if len(written) == 1 else f'{len(written)} images to {args.output}'}")
 
 
@@ -367,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--steps", type=int, required=True, help="generation steps S_gen")
     ed.add_argument("--t0", type=int, help="default: the t0 the edit was trained at")
     ed.add_argument("--s-for", type=int, help="inversion steps (default: --steps)")
+    ed.add_argument("--t-edit", type=int, help="the edit acts at levels ≥ t_edit, the base below "
+                                               "(default: as the edit was trained)")
     ed.add_argument("--model", default="default")
     ed.add_argument("--rectifier", default="default", help="default, a folder, or none")
     ed.add_argument("--crop", action="store_true", help="centre-crop non-square images")

@@ -119,36 +119,40 @@ class HifiEditPipeline:
     @torch.no_grad()
     def edit(self, x0: torch.Tensor, edits, steps: int, t0: int | None = None,
              s_for: int | None = None, rectify: bool | None = None,
-             progress: bool = False) -> torch.Tensor:
+             t_edit: int | None = None, progress: bool = False) -> torch.Tensor:
         """Edit images (DESIGN §1, "Inference"): invert x0 with θ (S_for steps, default
         `steps`), generate with the edited ψ modulated by R(x0, ·) at `steps` steps.
 
         `edits`: one :class:`~hifiedit.edit.Edit` or several; several are applied at once by
         DiffusionCLIP's noise mixing, the mean of their ε at every step. `t0` defaults to the
         edits' training t0 (which must then agree). `rectify` defaults to how the edits were
-        trained; it needs this pipeline to hold a rectifier.
+        trained; it needs this pipeline to hold a rectifier. `t_edit` overrides the editing
+        interval each edit was trained with: ψ acts at levels ≥ t_edit, the base below.
         """
         edits = list(edits) if isinstance(edits, (list, tuple)) else [edits]
         if not edits:
             raise HifieditError("edit() needs at least one edit.")
         t0 = _edits_t0(edits, t0)
+        if t_edit is not None and not 0 <= t_edit <= t0:
+            raise HifieditError(f"t_edit must be in [0, t0={t0}], got {t_edit}.")
         if rectify is None:
             rectify = all(e.rectified for e in edits) and self.rectifier is not None
         if rectify and self.rectifier is None:
             raise HifieditError("rectified editing needs a rectifier; load the pipeline with one.")
         x0 = self._check(x0)
-        eps_fn = self._mixed_eps_fn(edits, x0 if rectify else None, self.timesteps(t0, steps))
+        eps_fn = self._mixed_eps_fn(edits, x0 if rectify else None, self.timesteps(t0, steps), t_edit)
         x_t0 = self.invert(x0, t0, s_for or steps, progress).final
         return self._generate(eps_fn, x_t0, t0, steps, progress).final
 
-    def _mixed_eps_fn(self, edits, x0: torch.Tensor | None, timesteps=None):
+    def _mixed_eps_fn(self, edits, x0: torch.Tensor | None, timesteps=None,
+                      t_edit: int | None = None):
         """ε of ψ for one edit (the base's below its t_edit); DiffusionCLIP's noise mixing
         (mean ε) for several."""
         from hifiedit.edit import within_interval
 
         base = self.eps_fn(x0, None, timesteps)
-        fns = [within_interval(self.eps_fn(x0, e.unet(self.backbone), timesteps), base, e.t_edit)
-               for e in edits]
+        fns = [within_interval(self.eps_fn(x0, e.unet(self.backbone), timesteps), base,
+                               e.t_edit if t_edit is None else t_edit) for e in edits]
         return fns[0] if len(fns) == 1 else (lambda x, t: torch.stack([f(x, t) for f in fns]).mean(0))
 
     @torch.no_grad()

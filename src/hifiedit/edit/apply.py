@@ -46,7 +46,8 @@ def plan_outputs(source: Path, output: Path, force: bool = False) -> list[tuple[
 
 def edit_paths(pipe, edits, source: Path, output: Path, steps: int, t0: int | None = None,
                s_for: int | None = None, force: bool = False, crop: bool = False,
-               batch_size: int = 16, progress: bool = False) -> list[Path]:
+               batch_size: int = 16, progress: bool = False,
+               t_edit: int | None = None) -> list[Path]:
     """Edit ``source`` (an image or a folder) into ``output``; returns the files written."""
     import torch
 
@@ -57,6 +58,6 @@ def edit_paths(pipe, edits, source: Path, output: Path, steps: int, t0: int | No
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
         x0 = torch.cat([load_image(src, pipe.image_size, crop=crop) for src, _ in chunk])
-        out = pipe.edit(x0, edits, steps=steps, t0=t0, s_for=s_for, progress=progress)
+        out = pipe.edit(x0, edits, steps=steps, t0=t0, s_for=s_for, t_edit=t_edit, progress=progress)
         written += [save_image(img, dst, force) for img, (_, dst) in zip(out, chunk)]
     return written
