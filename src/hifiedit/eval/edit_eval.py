@@ -380,7 +380,7 @@ def run_edit_eval(config: EditEvalConfig, json_path: Path | None = None,
             bar.update(1)
     bar.close()
     if config.references:
-        for block in blocks.values():
+        for block in tqdm(blocks.values(), desc="no-edit references", disable=not progress):
             rect, rect_path = block.get("rectifier", (None, None))
             references += _reference_rows(block, config, HifiEditPipeline(backbone, rect),
                                           rect_path, judge)
