@@ -250,9 +250,12 @@ def test_editing_interval_leaves_the_low_levels_to_the_base(tiny):
         pipe.edit(x, edit, steps=4, t_edit=500)
 
 
-def test_markovian_chain_uses_the_base_below_the_interval(tiny, clip_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("variant", ["full", "efficient"])
+def test_markovian_chain_uses_the_base_below_the_interval(tiny, clip_dir, tmp_path, monkeypatch,
+                                                          variant):
     _, bb = tiny
-    config = _config(clip_dir, "none", method="markovian", t_edit=100)  # S_train 3: 200, 133, 66
+    config = _config(clip_dir, "none", method="markovian", t_edit=100,  # S_train 3: 200, 133, 66
+                     markovian_variant=variant)
     task, _, _ = build_task(config, bb, _images(5, 0), tmp_path / "cache")
     calls = []
     real = task.backbone.eps

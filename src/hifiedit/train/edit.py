@@ -18,7 +18,9 @@ and differ only in *where* P̂ comes from:
   variant) backpropagates each step's loss at once from a detached state. Unlike
   DiffusionCLIP, which steps its optimizer after every move, the per-step gradients are
   accumulated into one update per iteration, so "iterations" and "lr" mean the same for every
-  method and the comparison is at equal budget. No learning-rate schedule grows
+  method and the comparison is at equal budget.
+* both take an **editing interval** ``t_edit``: ψ acts only at levels t ≥ t_edit (score
+  matching draws its points there; the chain moves with θ below), as at inference. No learning-rate schedule grows
   (DiffusionCLIP multiplies its lr by 1.3 per outer iteration): the lr is constant.
 
 Trainer guarantees as for the others (:mod:`hifiedit.train.run`): one saved
@@ -290,11 +292,14 @@ def markovian_step(task: EditTask, gen: torch.Generator) -> float:
     def step_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         # The GPU-efficient variant: this move's loss is backpropagated now, from a state
         # with no graph, and the chain continues from detached values.
+        # Below the editing interval the move is the base's: nothing there reaches ψ.
         nonlocal total
         x = x.detach()
-        eps = eps_fn(x, t)
-        loss = task.loss(predict_x0(x, eps, task.alpha(t)), idx) / c.s_train
-        loss.backward()
+        with torch.set_grad_enabled(int(t.reshape(-1)[0]) >= c.t_edit):
+            eps = eps_fn(x, t)
+            loss = task.loss(predict_x0(x, eps, task.alpha(t)), idx) / c.s_train
+        if loss.requires_grad:
+            loss.backward()
         total += loss.item()
         return eps.detach()
 
