@@ -10,6 +10,8 @@ It is the only place that wires the backbone, the rectifier and the DDIM sampler
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,7 +152,10 @@ class HifiEditPipeline:
         (mean ε) for several."""
         from hifiedit.edit import within_interval
 
-        base = self.eps_fn(x0, None, timesteps)
+        @functools.cache
+        def base():  # built once, and only if some edit leaves the base a level
+            return self.eps_fn(x0, None, timesteps)
+
         fns = [within_interval(self.eps_fn(x0, e.unet(self.backbone), timesteps), base,
                                e.t_edit if t_edit is None else t_edit) for e in edits]
         return fns[0] if len(fns) == 1 else (lambda x, t: torch.stack([f(x, t) for f in fns]).mean(0))

@@ -5,10 +5,11 @@ from hifiedit.edit.params import (
     EditParams,
     EditParamsConfig,
     edited_layers,
+    in_interval,
     load_edit,
     resolve_edit_path,
     within_interval,
 )
 
-__all__ = ["Edit", "EditParams", "EditParamsConfig", "edited_layers", "load_edit",
+__all__ = ["Edit", "EditParams", "EditParamsConfig", "edited_layers", "in_interval", "load_edit",
            "resolve_edit_path", "within_interval"]

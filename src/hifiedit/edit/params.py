@@ -202,13 +202,20 @@ class EditParams(nn.Module):
                     v.copy_(tensors[f"{name}.{_SUFFIX[k]}"])
 
 
+def in_interval(t: torch.Tensor, t_edit: int) -> bool:
+    """Whether the edit acts at this generation level: the editing interval [t_edit, t0]
+    (Asyrp's t_edit). The last, low-noise steps only restore detail, so leaving them to the
+    base keeps what the edit should not touch."""
+    return int(t.reshape(-1)[0]) >= t_edit
+
+
 def within_interval(edited, base, t_edit: int):
-    """An ε-callable that is ``edited`` at levels t ≥ ``t_edit`` and ``base`` below: the
-    editing interval [t_edit, t0] (Asyrp's t_edit). The last, low-noise steps only restore
-    detail, so leaving them to the base keeps what the edit should not touch."""
+    """An ε-callable that is ``edited`` inside the editing interval and ``base`` below it;
+    ``base`` is a zero-argument factory, called only when the interval leaves it a level."""
     if t_edit <= 0:
         return edited
-    return lambda x, t: edited(x, t) if int(t.reshape(-1)[0]) >= t_edit else base(x, t)
+    base = base()
+    return lambda x, t: edited(x, t) if in_interval(t, t_edit) else base(x, t)
 
 
 @dataclass

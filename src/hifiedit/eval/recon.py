@@ -114,7 +114,7 @@ def _load_rectifier(name: str, backbone):
                             "one with `hifiedit train rectifier --out DIR`, then pass "
                             "--rectifier DIR/rectifier.")
     rectifier = Rectifier.from_pretrained(path, backbone.unet).eval().requires_grad_(False)
-    rectifier.to(next(backbone.unet.parameters()).device)
+    rectifier.to(backbone.unet.device)
     return rectifier, str(path)
 
 
@@ -154,7 +154,7 @@ def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
         images = images[: config.limit]
     if len(images) == 0:
         raise HifieditError(f"No images in split {config.split!r}.")
-    images = images.to(next(backbone.unet.parameters()).device)
+    images = images.to(backbone.unet.device)
 
     rows, firsts = [], {}
     jobs = [(m, s) for m in config.methods for s in config.steps]

@@ -18,10 +18,10 @@ and differ only in *where* P̂ comes from:
   variant) backpropagates each step's loss at once from a detached state. Unlike
   DiffusionCLIP, which steps its optimizer after every move, the per-step gradients are
   accumulated into one update per iteration, so "iterations" and "lr" mean the same for every
-  method and the comparison is at equal budget.
-* both take an **editing interval** ``t_edit``: ψ acts only at levels t ≥ t_edit (score
-  matching draws its points there; the chain moves with θ below), as at inference. No learning-rate schedule grows
+  method and the comparison is at equal budget. No learning-rate schedule grows
   (DiffusionCLIP multiplies its lr by 1.3 per outer iteration): the lr is constant.
+* both take an **editing interval** ``t_edit``: ψ acts only at levels t ≥ t_edit (score
+  matching draws its points there; the chain moves with θ below), as at inference.
 
 Trainer guarantees as for the others (:mod:`hifiedit.train.run`): one saved
 ``torch.Generator`` makes a resumed run bit-identical; atomic safetensors checkpoints; a CSV
@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from hifiedit.diffusion.ddim import DDIMConventions, generate, predict_x0
-from hifiedit.edit.params import Edit, EditParams, EditParamsConfig
+from hifiedit.edit.params import Edit, EditParams, EditParamsConfig, in_interval
 from hifiedit.errors import HifieditError
 from hifiedit.rectifier.modulate import move_sizes
 from hifiedit.runtime import machine_description, write_text_atomic
@@ -258,8 +258,8 @@ def score_matching_step(task: EditTask, gen: torch.Generator) -> float:
     inversion trajectory; backpropagates and returns the loss."""
     b = task.config.batch_size
     idx = torch.randint(len(task.images), (b,), generator=gen)
-    in_interval = (task.levels[task.kept] >= task.config.t_edit).nonzero().flatten()
-    pos = in_interval[torch.randint(len(in_interval), (b,), generator=gen)]
+    inside = (task.levels[task.kept] >= task.config.t_edit).nonzero().flatten()
+    pos = inside[torch.randint(len(inside), (b,), generator=gen)]
     x, t = task.states[idx, pos], task.levels[task.kept[pos]]
     step = t - task.levels[task.kept[pos] - 1]  # the S_for grid's move down from t
     eps = task.eps(x, t, task.x0_code(task.images[idx]), step)
@@ -280,7 +280,7 @@ def markovian_step(task: EditTask, gen: torch.Generator) -> float:
     ac = task.backbone.alphas_cumprod
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return task.eps(x, t, code, step_of(t), edited=int(t.reshape(-1)[0]) >= c.t_edit)
+        return task.eps(x, t, code, step_of(t), edited=in_interval(t, c.t_edit))
 
     if c.markovian_variant == "full":
         traj = generate(eps_fn, x_t0, grid, ac, task.conventions)
@@ -295,7 +295,7 @@ def markovian_step(task: EditTask, gen: torch.Generator) -> float:
         # Below the editing interval the move is the base's: nothing there reaches ψ.
         nonlocal total
         x = x.detach()
-        with torch.set_grad_enabled(int(t.reshape(-1)[0]) >= c.t_edit):
+        with torch.set_grad_enabled(in_interval(t, c.t_edit)):
             eps = eps_fn(x, t)
             loss = task.loss(predict_x0(x, eps, task.alpha(t)), idx) / c.s_train
         if loss.requires_grad:
