@@ -25,7 +25,7 @@ GLYPHS = [("thumbs_up", "test"), ("thumbs_up_light_skin_tone", "test"),
           ("thumbs_up_dark_skin_tone", "test"), ("waving_hand_light_skin_tone", "test"),
           ("waving_hand_dark_skin_tone", "test"), ("man_cook", "test"), ("woman_cook", "test"),
           ("neutral_face", "test"), ("ok_hand_light_skin_tone", "train"),
-          ("ok_hand_dark_skin_tone", "train")]
+          ("ok_hand_dark_skin_tone", "train"), ("fearful_face", "test")]
 TONE_VALUE = {None: 230, "light": 200, "dark": 60}
 PATCH = (slice(4, 8), slice(6, 12))  # rows, columns of the skin patch
 
@@ -59,11 +59,43 @@ def _edit(bb, folder, src, tgt, seed, method="score-matching", rectifier=None):
     return Edit(params, model_digest(bb), info).save_pretrained(folder)
 
 
+class _ToneClip:
+    """A CLIP that sees only the skin patch: dark → e0, light → e1, anything else → e2; its
+    texts say e0 for "dark", e1 for "light" (swapped when `reads_backwards`)."""
+
+    def __init__(self, reads_backwards=False):
+        self.words = ("light", "dark") if reads_backwards else ("dark", "light")
+
+    def encode_images(self, x):
+        patch = x[:, 0, PATCH[0], PATCH[1]].mean((1, 2))
+        light, dark = (TONE_VALUE[t] / 127.5 - 1 for t in ("light", "dark"))
+        k = torch.where((patch - dark).abs() < 1e-3, 0, torch.where((patch - light).abs() < 1e-3, 1, 2))
+        return torch.eye(3)[k]
+
+    def encode_text(self, texts):
+        return torch.eye(3)[[0 if self.words[0] in t else 1 if self.words[1] in t else 2 for t in texts]]
+
+
+def test_direction_alignment_is_the_cosine_of_text_and_image_directions():
+    from hifiedit.eval.clip_eval import direction_alignment
+
+    data = fake_openmoji()
+    d = direction_alignment(_ToneClip(), data, "test", "light skin tone", "dark skin tone")
+    assert d["cos"] == pytest.approx(1.0) and (d["n_src"], d["n_tgt"]) == (2, 2)
+    # A CLIP whose texts mean the opposite of what its images show points the wrong way.
+    backwards = direction_alignment(_ToneClip(True), data, "test", "light skin tone", "dark skin tone")
+    assert backwards["cos"] == pytest.approx(-1.0)
+    with pytest.raises(HifieditError, match="names no skin tone"):
+        direction_alignment(_ToneClip(), data, "test", "light skin tone", "a glowing statue")
+    with pytest.raises(HifieditError, match="no train-split glyph"):
+        direction_alignment(_ToneClip(), data, "train", "man", "woman")
+
+
 # ------------------------------------------------------------------ metric functions
 
 
 def test_gt_metrics_are_exact_for_an_oracle_and_a_known_error():
-    tgt = ee._images(fake_openmoji(), [2, 4])
+    tgt = fake_openmoji().tensor_at([2, 4])
     mae, psnr = ee.gt_errors(tgt, tgt)  # the oracle: the edit is the true target
     assert torch.equal(mae, torch.zeros(2)) and torch.allclose(psnr, torch.full((2,), 120.0))
     # A known error: the first channel of half the columns of image 0 inverted, u → 1 − u.
@@ -79,7 +111,7 @@ def test_gt_metrics_are_exact_for_an_oracle_and_a_known_error():
 
 def test_preserve_mask_is_where_source_and_target_agree():
     data = fake_openmoji()
-    src, tgt = ee._images(data, [1, 3]), ee._images(data, [2, 4])
+    src, tgt = data.tensor_at([1, 3]), data.tensor_at([2, 4])
     mask = ee.preserve_mask(src, tgt)
     expected = torch.ones(2, 1, 16, 16, dtype=torch.bool)
     expected[:, :, PATCH[0], PATCH[1]] = False
@@ -117,8 +149,14 @@ def test_edit_attributes_images_and_judge_names():
     assert gender.ground_truth == "gender" and ee.select_images(data, "test", gender) == [(5, 6)]
     assert ee.attribute_names(data.records[5], gender) == ("man cook", "woman cook")
     smile = ee.edit_attributes("neutral face", "smiling face")
-    assert smile.ground_truth is None and ee.select_images(data, "test", smile) == [(7, None)]
+    assert smile.ground_truth is None
+    assert ee.select_images(data, "test", smile) == [(7, None), (10, None)]  # faces, no smile
     assert ee.attribute_names(data.records[7], smile) == ("neutral face", "smiling face")
+    # "neutral" stands for every face without a smile; a glyph with no "neutral" in its name
+    # has no word to swap, so the verdict compares the edit's texts (not its name twice).
+    assert ee.attribute_names(data.records[10], smile) == ("neutral face", "smiling face")
+    grin = ee.edit_attributes("neutral face", "grinning face")
+    assert ee.attribute_names(data.records[10], grin) == ("neutral face", "grinning face")
     # A target that names nothing in the data: no ground truth; the judge compares the texts.
     free = ee.edit_attributes("light skin tone", "a glowing statue")
     assert free.target is None and free.ground_truth is None
@@ -158,7 +196,7 @@ def test_eval_edit_writes_rows_and_grid(tiny, judge_dir, tmp_path, monkeypatch, 
         assert 0 < r["gt_mae"] < 1 and r["gt_psnr"] > 0 and 0 <= r["preserve_mae"] < 1
         assert r["preserve_fraction"] == pytest.approx(1 - 24 / 256)
     for r in rows[2:]:
-        assert r["n_images"] == 1 and r["method"] == "markovian"
+        assert r["n_images"] == 2 and r["method"] == "markovian"
         assert r["gt_mae"] is r["gt_psnr"] is r["preserve_mae"] is None
     # References: the unchanged source's error is the skin patch's (200 → 60 on 4×6 of 16×16
     # pixels); its judge verdict and the no-edit reconstructions are scored like edits.
@@ -210,7 +248,7 @@ def test_translate_is_seeded_and_repeats_from_its_own_output(tiny):  # noqa: F81
 
     _, bb = tiny
     pipe = HifiEditPipeline(bb)
-    x = ee._images(fake_openmoji(), [0])
+    x = fake_openmoji().tensor_at([0])
 
     def run(seed, **kw):
         return pipe.translate(x, t0=100, steps=3, generator=torch.Generator().manual_seed(seed), **kw)

@@ -171,9 +171,11 @@ def test_cli_train_and_eval_smoke(tmp_path, small_openmoji, capsys):
 
     report_path = tmp_path / "eval" / "clip.json"
     args = ["eval", "clip", "--model", str(out / "model"), "--split", "test", "--size", "16",
-            "--json", str(report_path)]
+            "--json", str(report_path), "--direction", "light skin tone", "dark skin tone"]
     assert main(args) == 0
     report = json.loads(report_path.read_text())
+    (d,) = report["directions"]  # light → dark among the three tipping hands and the thumbs
+    assert -1 <= d["cos"] <= 1 and (d["n_src"], d["n_tgt"]) == (3, 3)
     assert report["n_images"] == 9 and report["n_skin_tone"] == 9 and report["n_gender"] == 9
     assert report["n_pairs"] == 3  # light → dark for man, woman, person tipping hand
     for k in ("skin_tone_acc", "gender_acc", "retrieval_top1", "retrieval_top5"):

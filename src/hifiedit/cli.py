@@ -60,7 +60,7 @@ def cmd_eval_clip(args) -> None:
 
     report = run_clip_eval(args.model, split=args.split,
                            json_path=Path(args.json) if args.json else None, force=args.force,
-                           image_size=args.size)
+                           image_size=args.size, directions=tuple(args.direction or ()))
     print(format_report(report))
 
 
@@ -324,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--model", default="default", help="default, judge, or a CLIP folder")
     ec.add_argument("--split", default="test")
     ec.add_argument("--size", type=int, default=32, help="OpenMoji render size (pixels)")
+    ec.add_argument("--direction", nargs=2, action="append", metavar=("SRC", "TGT"),
+                    help="also check that the CLIP's text direction SRC → TGT points from the "
+                         "split's glyphs with the source attribute to those with the target one")
     ec.add_argument("--json", help="write the report here")
     ec.add_argument("--force", action="store_true", help="overwrite an existing --json")
     ec.set_defaults(func=cmd_eval_clip)

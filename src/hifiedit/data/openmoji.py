@@ -198,9 +198,13 @@ class OpenMojiSet:
 
     def tensor(self, split: str | None = None):
         """Images of a split as a float tensor in [-1, 1], N×3×H×W."""
+        return self.tensor_at(self.indices(split))
+
+    def tensor_at(self, indices: list[int]):
+        """The images at these record indices as a float tensor in [-1, 1], N×3×H×W."""
         import torch
 
-        x = torch.from_numpy(self.images[self.indices(split)]).permute(0, 3, 1, 2)
+        x = torch.from_numpy(self.images[indices]).permute(0, 3, 1, 2)
         return x.float().div(127.5).sub(1.0).contiguous()  # NCHW: 15% faster than the permuted view
 
     def by_name(self) -> dict[str, EmojiRecord]:

@@ -11,6 +11,12 @@ training, so they measure generalisation to unseen glyphs):
 - `retrieval_top1/top5`: text → image among all split images, by full name.
 - `pair_direction_cos`: mean S_dir of the true light → dark pairs along the text direction
   "light skin tone" → "dark skin tone" (what a perfect edit would score).
+- `directions` (on request, `--direction SRC TGT`): for any pair of edit texts, the cosine
+  between their text direction and the direction from the split's glyphs that carry the
+  source attribute to those that carry the target one (mean unit image embeddings; the
+  attributes parsed from the texts as `train edit` chooses its images). Checks, before any
+  training, that a CLIP reads the texts the way the data shows them: near 0 or negative, an
+  edit guided by these texts has nothing to follow or is pushed the wrong way.
 
 Text embeddings are CLIP's prompt ensemble over the emoji templates. Evaluation is the one
 place allowed to load the judge (`allow_judge=True`).
@@ -111,8 +117,36 @@ def clip_metrics(clip, data, split: str = "test") -> dict:
     }
 
 
+def direction_alignment(clip, data, split: str, src: str, tgt: str) -> dict:
+    """cos(text direction src → tgt, image direction source glyphs → target glyphs) on one
+    split, with the two groups' sizes."""
+    import torch.nn.functional as F
+
+    from hifiedit.guidance.losses import text_direction
+    from hifiedit.train.edit import _has, source_attribute
+
+    groups = []
+    for text in (src, tgt):
+        try:
+            field, value = source_attribute(text)
+        except HifieditError as e:
+            raise HifieditError(f"--direction {src!r} {tgt!r}: {text!r} names no skin tone, "
+                                "man/woman/person or facial expression of the data.") from e
+        idx = [i for i in data.indices(split) if _has(data.records[i], field, value)]
+        if not idx:
+            raise HifieditError(f"--direction: no {split}-split glyph has {field} = {value!r} "
+                                f"(from {text!r}).")
+        groups.append(idx)
+    mean_src, mean_tgt = (_image_embeddings(clip, data.tensor_at(idx)).mean(0) for idx in groups)
+    image_direction = F.normalize(mean_tgt - mean_src, dim=-1)
+    cos = image_direction @ text_direction(clip, src, tgt).float().cpu()
+    return {"src": src, "tgt": tgt, "cos": cos.item(), "n_src": len(groups[0]),
+            "n_tgt": len(groups[1])}
+
+
 def run_clip_eval(model: str = "default", split: str = "test", json_path: Path | None = None,
-                  force: bool = False, image_size: int = 32, clip=None, data=None) -> dict:
+                  force: bool = False, image_size: int = 32, clip=None, data=None,
+                  directions: tuple = ()) -> dict:
     """Evaluate one CLIP and return the report; optionally write it as JSON.
 
     Images are rendered at `image_size` (the size edits work at, 32 for the embedded domain)
@@ -133,6 +167,8 @@ def run_clip_eval(model: str = "default", split: str = "test", json_path: Path |
     report = {"model": str(model), "path": clip.path, "role": clip.role, "split": split,
               "image_size": int(data.images.shape[1]),
               **clip_metrics(clip, data, split), "machine": machine_description()}
+    if directions:
+        report["directions"] = [direction_alignment(clip, data, split, s, t) for s, t in directions]
     if json_path is not None:
         write_text_atomic(json_path, json.dumps(report, indent=1) + "\n")
     return report
@@ -146,4 +182,7 @@ def format_report(report: dict) -> str:
     for k in keys:
         v = report[k]
         lines.append(f"  {k:20} {'n/a' if v is None else f'{v:.4f}'}")
+    for d in report.get("directions", []):
+        lines.append(f"  direction {d['src']!r} → {d['tgt']!r}: cos {d['cos']:+.4f} "
+                     f"(glyphs {d['n_src']} → {d['n_tgt']})")
     return "\n".join(lines)

@@ -149,6 +149,10 @@ def attribute_names(record, attrs: EditAttributes) -> tuple[str, str]:
         suffix = "".join(f" {p}" for p in tone_phrases(record))
         return tuple(with_gender(record.tone_base, v) + suffix for v in (attrs.source, attrs.target))
     words = record.name.split(" ")  # expression: swap the word in the glyph's name
+    if attrs.source not in words:
+        # "neutral" stands for every face without a smile (train.edit._has); "fearful face"
+        # has no word to swap (its two names would be equal), so the edit's texts decide.
+        return attrs.src, attrs.tgt
     return tuple(" ".join(v if w == attrs.source else w for w in words)
                  for v in (attrs.source, attrs.target))
 
@@ -267,18 +271,13 @@ class _Rectifiers:
         return self.loaded[key], portable_name(path)
 
 
-def _images(data, indices: list[int]) -> torch.Tensor:
-    x = torch.from_numpy(data.images[indices]).permute(0, 3, 1, 2)
-    return x.float().div(127.5).sub(1.0).contiguous()
-
-
 def _block(data, config: EditEvalConfig, attrs: EditAttributes, judge) -> dict:
     """The images one (src, tgt) pair of texts is measured on, with what every score needs."""
     from hifiedit.eval.clip_eval import _image_embeddings
 
     chosen = select_images(data, config.split, attrs, config.limit)
-    sources = _images(data, [s for s, _ in chosen])
-    targets = _images(data, [t for _, t in chosen]) if attrs.ground_truth else None
+    sources = data.tensor_at([s for s, _ in chosen])
+    targets = data.tensor_at([t for _, t in chosen]) if attrs.ground_truth else None
     return {"attrs": attrs, "sources": sources, "targets": targets,
             "records": [data.records[s] for s, _ in chosen],
             "src_emb": _image_embeddings(judge, sources),

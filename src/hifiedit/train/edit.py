@@ -169,8 +169,7 @@ def default_training_images(src: str, size: int) -> torch.Tensor:
     idx = [r.index for r in data.records if r.split == "train" and _has(r, field, value)]
     if not idx:
         raise HifieditError(f"no train-split image has {field} = {value!r} (from {src!r}).")
-    x = torch.from_numpy(data.images[idx]).permute(0, 3, 1, 2)
-    return x.float().div(127.5).sub(1.0).contiguous()
+    return data.tensor_at(idx)
 
 
 def folder_images(folder: Path, size: int) -> torch.Tensor:
