@@ -20,7 +20,7 @@ import torch
 
 from hifiedit.data.openmoji import edit_pairs, load_openmoji
 from hifiedit.edit import load_edit
-from hifiedit.eval.edit_eval import _images, edit_label, gt_errors, preserve_errors, preserve_mask
+from hifiedit.eval.edit_eval import edit_label, gt_errors, preserve_errors, preserve_mask
 from hifiedit.pipeline import HifiEditPipeline
 from hifiedit.runtime import machine_description, write_text_atomic
 from hifiedit.train.edit import EditTrainConfig, training_images
@@ -32,11 +32,11 @@ def dev_pairs(data, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
                    and p.source_attr == "light" and p.target_attr == "dark")
     trained = training_images(EditTrainConfig(src="light skin tone", tgt="dark skin tone"),
                               data.images.shape[1])
-    sources = _images(data, [s for s, _ in pairs])
+    sources = data.tensor_at([s for s, _ in pairs])
     unseen = [i for i in range(len(pairs)) if not any(torch.equal(sources[i], t) for t in trained)]
     pick = torch.randperm(len(unseen), generator=torch.Generator().manual_seed(seed))[:n]
     keep = [unseen[i] for i in pick]
-    return sources[keep], _images(data, [pairs[i][1] for i in keep])
+    return sources[keep], data.tensor_at([pairs[i][1] for i in keep])
 
 
 def main() -> None:

@@ -48,6 +48,37 @@ def test_resume_continues_identically(tmp_path):
     assert [(m["from_step"], m["to_step"]) for m in state["machines"]] == [(0, 4), (4, 7)]
 
 
+def test_learning_rate_warms_up_holds_and_cools_down():
+    from hifiedit.train.base import learning_rate
+
+    config = BaseTrainConfig(**{**TINY, "lr": 1e-3, "warmup_steps": 4, "max_steps": 20,
+                                "cooldown_steps": 5})
+    lrs = [learning_rate(config, s) for s in range(20)]
+    assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert lrs[4:15] == pytest.approx([1e-3] * 11)
+    assert lrs[15:] == pytest.approx([1e-3, 8e-4, 6e-4, 4e-4, 2e-4])  # the last update > 0
+    assert learning_rate(BaseTrainConfig(**{**TINY, "warmup_steps": 1}), 10**5) == 3e-4  # no cooldown
+    with pytest.raises(HifieditError, match="cooldown_steps"):
+        BaseTrainConfig(**{**TINY, "max_steps": 5, "cooldown_steps": 6}).validate()
+
+
+def test_a_cooled_branch_resumes_from_the_run_and_ends_at_lr_zero(tmp_path, monkeypatch):
+    # The run trains at constant lr; a copy resumed with a cooldown is the released branch.
+    import shutil
+
+    from hifiedit.train import base
+
+    _run(tmp_path / "run", 4)
+    shutil.copytree(tmp_path / "run", tmp_path / "cooled")
+    monkeypatch.setattr(base, "_load_data", lambda config: (_images(), _images(2, 1)))
+    assert main(["train", "base", "--out", str(tmp_path / "cooled"), "--resume", "--max-steps",
+                 "8", "--cooldown-steps", "4", "--device", "cpu"]) == 0
+    state = json.loads((tmp_path / "cooled" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 8 and state["config"]["cooldown_steps"] == 4
+    rows = (tmp_path / "cooled" / "log.csv").read_text().splitlines()[1:]
+    assert [float(r.split(",")[2]) for r in rows[4:]] == pytest.approx([3e-4 * k / 4 for k in (4, 3, 2, 1)])
+
+
 def test_machine_history_reads_a_checkpoint_that_predates_it():
     from hifiedit.train.run import machine_history
 

@@ -39,7 +39,8 @@ def cmd_train_base(args) -> None:
     from hifiedit.train.run import config_for_run
 
     config = config_for_run(BaseTrainConfig, args.config, args.out, args.resume,
-                            {"max_steps": args.max_steps, "threads": args.threads})
+                            {"max_steps": args.max_steps, "threads": args.threads,
+                             "cooldown_steps": args.cooldown_steps})
     summary = train_base(config, Path(args.out), resume=args.resume, max_minutes=args.max_minutes,
                          device=args.device)
     print(json.dumps(summary))
@@ -224,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--resume", action="store_true")
     tb.add_argument("--max-minutes", type=float)
     tb.add_argument("--max-steps", type=int)
+    tb.add_argument("--cooldown-steps", type=int,
+                    help="lr falls linearly to 0 over the last N steps before --max-steps")
     tb.add_argument("--threads", type=int)
     tb.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda")
     tb.set_defaults(func=cmd_train_base)

@@ -37,8 +37,8 @@ from hifiedit.train.run import (
 )
 
 # Fields that may differ when resuming: they change how long and how visibly we train, not what.
-RESUMABLE_OVERRIDES = {"max_steps", "log_every", "checkpoint_every", "sample_every", "eval_every",
-                       "threads", "n_samples", "sample_steps"}
+RESUMABLE_OVERRIDES = {"max_steps", "cooldown_steps", "log_every", "checkpoint_every",
+                       "sample_every", "eval_every", "threads", "n_samples", "sample_steps"}
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,10 @@ class BaseTrainConfig:
     batch_size: int = 64
     lr: float = 3e-4
     warmup_steps: int = 200
+    # lr falls linearly to 0 over the last cooldown_steps before max_steps (warmup-stable-decay):
+    # the run itself trains at a constant lr; a copy resumed with a near max_steps and a
+    # cooldown is the branch that is released, and the run can still go on from its own state.
+    cooldown_steps: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     min_snr_gamma: float = 5.0  # 0 disables; Hang et al. 2023 report ~3× faster convergence
@@ -92,10 +96,19 @@ class BaseTrainConfig:
         require(0 < self.lr < 1, f"lr must be in (0, 1), got {self.lr}.")
         require(0 <= self.ema_decay < 1, "ema_decay must be in [0, 1).")
         require(self.max_steps >= 1, "max_steps must be ≥ 1.")
+        require(0 <= self.cooldown_steps <= self.max_steps,
+                f"cooldown_steps must be in [0, max_steps], got {self.cooldown_steps}.")
         require(self.min_snr_gamma >= 0, "min_snr_gamma must be ≥ 0.")
         for k in ("log_every", "checkpoint_every", "eval_every", "sample_every", "sample_steps"):
             require(getattr(self, k) >= 1, f"{k} must be ≥ 1.")
         require(self.sample_steps < self.num_train_timesteps, "sample_steps must be < T.")
+
+
+def learning_rate(config: BaseTrainConfig, step: int) -> float:
+    """lr of update number `step` (0-based): linear warmup, constant, linear cooldown to 0."""
+    warmup = min(1.0, (step + 1) / max(1, config.warmup_steps))
+    cooldown = min(1.0, (config.max_steps - step) / config.cooldown_steps) if config.cooldown_steps else 1.0
+    return config.lr * warmup * cooldown
 
 
 def build_unet(config: BaseTrainConfig):
@@ -287,7 +300,7 @@ def train_base(
             t = torch.randint(0, config.num_train_timesteps, (config.batch_size,), generator=gen)
             noise = torch.randn(x0.shape, generator=gen)
             t, noise = t.to(device), noise.to(device)
-            lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
+            lr = learning_rate(config, step)
             for group in opt.param_groups:
                 group["lr"] = lr
             loss = diffusion_loss(unet, x0, t, noise, alphas_cumprod, config.min_snr_gamma)
