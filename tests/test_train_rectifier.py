@@ -185,6 +185,31 @@ def test_resume_continues_identically(tiny, tmp_path):
     assert any(torch.count_nonzero(b.spatial.weight) for b in ema.branches)
 
 
+def test_a_run_can_start_from_a_rectifier_trained_for_another_base(tiny, tmp_path):
+    cache = tmp_path / "cache"
+    _run(tiny, tmp_path / "old", cache, 3, config={"lr": 3e-3})
+    old = load_file(str(tmp_path / "old" / "rectifier" / "model.safetensors"))
+    folder, bb = tiny
+    newer = load_backbone(save_tiny_pipeline(tmp_path / "newer"))  # the base trained on
+    with torch.no_grad():
+        newer.unet.conv_out.bias.add_(0.01)
+    start = {"init_from": str(tmp_path / "old" / "rectifier"), "lr": 1e-12, "ema_decay": 0.0}
+    config = RectifierTrainConfig(**{**TINY, "max_steps": 1, **start})
+    train_rectifier(config, tmp_path / "new", backbone=newer, train_images=_images(6, 0),
+                    cache_folder=cache, progress=False)
+    new = load_file(str(tmp_path / "new" / "rectifier" / "model.safetensors"))
+    assert any(torch.count_nonzero(v) for v in old.values())
+    for k in old:  # one step at lr 1e-12 leaves the starting weights
+        torch.testing.assert_close(new[k], old[k], rtol=0, atol=1e-9)
+    state = json.loads((tmp_path / "new" / "checkpoint" / "state.json").read_text())
+    assert state["init_from"] == config.init_from and state["base_digest"] != json.loads(
+        (tmp_path / "old" / "checkpoint" / "state.json").read_text())["base_digest"]
+    wider = RectifierTrainConfig(**{**TINY, "max_steps": 1, **start, "feature_dim": 8})
+    with pytest.raises(HifieditError, match="feature_dim 16 ≠ 8"):
+        train_rectifier(wider, tmp_path / "wider", backbone=newer, train_images=_images(6, 0),
+                        cache_folder=cache, progress=False)
+
+
 def test_refuses_clobber_changed_config_and_changed_base(tiny, tmp_path):
     cache = tmp_path / "cache"
     _run(tiny, tmp_path / "a", cache, 1)

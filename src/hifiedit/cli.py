@@ -99,7 +99,8 @@ def cmd_train_rectifier(args) -> None:
     from hifiedit.train.run import config_for_run
 
     config = config_for_run(RectifierTrainConfig, args.config, args.out, args.resume,
-                            {"max_steps": args.max_steps, "threads": args.threads})
+                            {"max_steps": args.max_steps, "threads": args.threads,
+                             "init_from": args.init_from})
     summary = train_rectifier(config, Path(args.out), base=args.base, resume=args.resume,
                               max_minutes=args.max_minutes, device=args.device)
     print(json.dumps(summary))
@@ -244,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True)
     tr.add_argument("--resume", action="store_true")
     tr.add_argument("--max-minutes", type=float)
+    tr.add_argument("--init-from", help="start from this rectifier (a folder or shipped name), "
+                                        "e.g. the one of an earlier version of the base model")
     tr.add_argument("--max-steps", type=int)
     tr.add_argument("--threads", type=int)
     tr.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda")

@@ -119,6 +119,9 @@ class RectifierTrainConfig:
     max_steps: int = 20_000
     seed: int = 0
     threads: int = 0  # 0 = PyTorch's default
+    # Start from a trained rectifier (a folder or shipped name) instead of zero offsets: to
+    # follow a base model that trained on (its architecture must match; "" = from scratch).
+    init_from: str = ""
     # Monitoring: held-out PSNR of rectified reconstruction (EMA φ) on the val split.
     log_every: int = 10
     checkpoint_every: int = 100
@@ -323,6 +326,21 @@ def _resume_state(ckpt_dir: Path, config: RectifierTrainConfig, digest: str):
     return saved, state
 
 
+def _initial_weights(config: RectifierTrainConfig, backbone) -> dict:
+    """The weights of the rectifier a run starts from (``init_from``), and where they are."""
+    from dataclasses import asdict
+
+    from hifiedit.pipeline import resolve_rectifier_path
+
+    path = resolve_rectifier_path(config.init_from)
+    require(path is not None, f"init_from {config.init_from!r}: no such rectifier is shipped.")
+    start = Rectifier.from_pretrained(path, backbone.unet)
+    theirs, ours = asdict(start.config), asdict(config.rectifier_config())
+    differ = [f"{k} {theirs[k]} ≠ {ours[k]}" for k in ours if theirs[k] != ours[k]]
+    require(not differ, f"init_from {path}: its architecture differs from this run's ({', '.join(differ)}).")
+    return {"weights": start.state_dict(), "source": str(path)}
+
+
 def _load_images(config: RectifierTrainConfig, size: int):
     from hifiedit.data.openmoji import load_openmoji
 
@@ -402,6 +420,10 @@ def _train(config: RectifierTrainConfig, out: Path, base, resume: bool = False,
     ema = copy.deepcopy(rect).eval().requires_grad_(False)
     opt = torch.optim.AdamW(rect.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
+    init = _initial_weights(config, backbone) if config.init_from and saved is None else None
+    if init is not None:
+        rect.load_state_dict(init["weights"])
+        ema.load_state_dict(init["weights"])
     if saved is not None:
         check_model_state(rect, saved["model"], "Checkpoint rectifier")
         check_model_state(ema, saved["ema"], "Checkpoint EMA rectifier")
@@ -416,7 +438,8 @@ def _train(config: RectifierTrainConfig, out: Path, base, resume: bool = False,
     target = min(config.max_steps, stop_after or config.max_steps)
     deadline = time.monotonic() + 60 * max_minutes if max_minutes else math.inf
     meta = {"base": str(backbone.path or base), "base_digest": digest, "n_params": n_params,
-            "n_train_images": len(train_images), "val_psnr_ddim": plain}
+            "n_train_images": len(train_images), "val_psnr_ddim": plain,
+            "init_from": init["source"] if init else (state or {}).get("init_from")}
 
     def checkpoint():
         tensors, groups = optimizer_state(opt)

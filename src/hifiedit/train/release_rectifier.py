@@ -79,6 +79,8 @@ def _write_card(tmp: Path, run: Path, dest: Path, state: dict, report, n_bytes: 
     rows = list(csv.DictReader((run / "log.csv").open()))
     its = [float(r["it_per_s"]) for r in rows[-20:]]
     n_layers = len(json.loads((tmp / "config.json").read_text())["layers"])
+    init_line = (f"\n- started from the rectifier `{Path(state['init_from']).name}` (trained for an earlier "
+                 "base model) and fine-tuned for this one" if state.get("init_from") else "")
     card = f"""# {dest.name}: the rectifier for the default base model
 
 The hypernetwork R_φ of Hou, Wei & Chen (AAAI 2024): from the original image x0 and each step's
@@ -89,7 +91,7 @@ estimate P_t it modulates the frozen base U-Net's **{n_layers} mid- and up-block
 
 - base model: `{Path(state['base']).name}` (content hash `{state['base_digest'][:16]}…`); use it
   with that model only
-- {state['n_params'] / 1e6:.2f} M parameters, {n_bytes / 2**20:.1f} MB
+- {state['n_params'] / 1e6:.2f} M parameters, {n_bytes / 2**20:.1f} MB{init_line}
 - steps: **{state['step']}** (batch {config['batch_size']}, lr {config['lr']}, t0 {config['t0']},
   step grids {config['step_grids']}, roll-outs of up to {config['rollout_max']} rectified steps)
 - training wall time: {state['wall_seconds'] / 3600:.2f} h; recent speed
