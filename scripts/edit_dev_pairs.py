@@ -1,9 +1,11 @@
-"""Light→dark edits measured on dev pairs, off the val and test splits.
+"""Skin-tone edits measured on dev pairs, off the val and test splits.
 
-Dev pairs: train-split light→dark pairs whose source is not one of the edit's training images. Used to choose the editing interval t_edit without
+Dev pairs: train-split pairs (light→dark by default, `--src dark --tgt light` for the way
+back) whose source is not one of the edit's default training images. Used to choose the editing interval t_edit without
 touching the val or test split (val has only 8 light→dark pairs: too few to choose by).
 
-    python scripts/edit_dev_pairs.py --edit runs/edits/A/edit --edit ... [--n 48] [--steps 6] --json FILE
+    python scripts/edit_dev_pairs.py --edit runs/edits/A/edit --edit ... [--n 48] [--steps 6] \
+        [--src light --tgt dark] --json FILE
 
 Each edit is applied as `hifiedit edit` applies it (its own t0, t_edit and rectifier). Prints
 and writes {"rows": [{"edit", "t_edit", "steps", "gt_mae", "preserve_mae", "n_images"}, ...],
@@ -26,11 +28,12 @@ from hifiedit.runtime import machine_description, write_text_atomic
 from hifiedit.train.edit import EditTrainConfig, training_images
 
 
-def dev_pairs(data, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def dev_pairs(data, n: int, seed: int = 0, src: str = "light",
+              tgt: str = "dark") -> tuple[torch.Tensor, torch.Tensor]:
     records = [data.records[i] for i in data.indices("train")]
     pairs = sorted((p.source, p.target) for p in edit_pairs(records) if p.kind == "skin_tone"
-                   and p.source_attr == "light" and p.target_attr == "dark")
-    trained = training_images(EditTrainConfig(src="light skin tone", tgt="dark skin tone"),
+                   and p.source_attr == src and p.target_attr == tgt)
+    trained = training_images(EditTrainConfig(src=f"{src} skin tone", tgt=f"{tgt} skin tone"),
                               data.images.shape[1])
     sources = data.tensor_at([s for s, _ in pairs])
     unseen = [i for i in range(len(pairs)) if not any(torch.equal(sources[i], t) for t in trained)]
@@ -44,10 +47,12 @@ def main() -> None:
     ap.add_argument("--edit", action="append", required=True)
     ap.add_argument("--n", type=int, default=48)
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--src", default="light", help="source skin tone")
+    ap.add_argument("--tgt", default="dark", help="target skin tone")
     ap.add_argument("--json")
     args = ap.parse_args()
     pipe = HifiEditPipeline.from_pretrained()
-    sources, targets = dev_pairs(load_openmoji(pipe.image_size), args.n)
+    sources, targets = dev_pairs(load_openmoji(pipe.image_size), args.n, src=args.src, tgt=args.tgt)
     mask = preserve_mask(sources, targets)
     rows = []
     for name in args.edit:
@@ -58,7 +63,8 @@ def main() -> None:
                      "preserve_mae": preserve_errors(out, sources, mask).nanmean().item(),
                      "n_images": len(sources)})
         print(json.dumps(rows[-1]), flush=True)
-    report = {"purpose": __doc__.splitlines()[0], "machine": machine_description(),
+    report = {"purpose": __doc__.splitlines()[0], "pairs": f"{args.src} → {args.tgt}",
+              "machine": machine_description(),
               "unchanged_gt_mae": gt_errors(sources, targets)[0].mean().item(), "rows": rows}
     if args.json:
         write_text_atomic(Path(args.json), json.dumps(report, indent=1) + "\n")
