@@ -60,31 +60,35 @@ def _edit(bb, folder, src, tgt, seed, method="score-matching", rectifier=None):
 
 
 class _ToneClip:
-    """A CLIP that sees only the skin patch: dark → e0, light → e1, anything else → e2; its
-    texts say e0 for "dark", e1 for "light" (swapped when `reads_backwards`)."""
+    """A differentiable CLIP that sees only the skin patch's brightness p: E_I = unit(−p, p, 1);
+    its texts say e0 for "dark", e1 for "light" (swapped when `reads_backwards`)."""
 
     def __init__(self, reads_backwards=False):
         self.words = ("light", "dark") if reads_backwards else ("dark", "light")
 
     def encode_images(self, x):
-        patch = x[:, 0, PATCH[0], PATCH[1]].mean((1, 2))
-        light, dark = (TONE_VALUE[t] / 127.5 - 1 for t in ("light", "dark"))
-        k = torch.where((patch - dark).abs() < 1e-3, 0, torch.where((patch - light).abs() < 1e-3, 1, 2))
-        return torch.eye(3)[k]
+        p = x[:, 0, PATCH[0], PATCH[1]].mean((1, 2))
+        return torch.nn.functional.normalize(torch.stack([-p, p, torch.ones_like(p)], 1), dim=1)
 
     def encode_text(self, texts):
         return torch.eye(3)[[0 if self.words[0] in t else 1 if self.words[1] in t else 2 for t in texts]]
 
 
-def test_direction_alignment_is_the_cosine_of_text_and_image_directions():
+def test_direction_alignment_checks_text_image_and_gradient_directions():
     from hifiedit.eval.clip_eval import direction_alignment
 
     data = fake_openmoji()
     d = direction_alignment(_ToneClip(), data, "test", "light skin tone", "dark skin tone")
-    assert d["cos"] == pytest.approx(1.0) and (d["n_src"], d["n_tgt"]) == (2, 2)
+    assert d["cos"] == pytest.approx(1.0, abs=1e-3) and (d["n_src"], d["n_tgt"]) == (2, 2)
+    # Its gradient darkens the patch, as the true edits do: only channel 0 of the 3 that
+    # change, so the cosine with the true change is 1/√3 of the patch's share.
+    assert d["n_pairs"] == 2 and d["gradient_agreement"] == 1.0 and d["gradient_cos"] > 0.5
     # A CLIP whose texts mean the opposite of what its images show points the wrong way.
     backwards = direction_alignment(_ToneClip(True), data, "test", "light skin tone", "dark skin tone")
-    assert backwards["cos"] == pytest.approx(-1.0)
+    assert backwards["cos"] == pytest.approx(-1.0, abs=1e-3)
+    assert backwards["gradient_agreement"] == 0.0 and backwards["gradient_cos"] < -0.5
+    faces = direction_alignment(_ToneClip(), data, "test", "neutral face", "light skin tone")
+    assert faces["n_pairs"] == 0 and faces["gradient_cos"] is None  # no true pairs
     with pytest.raises(HifieditError, match="names no skin tone"):
         direction_alignment(_ToneClip(), data, "test", "light skin tone", "a glowing statue")
     with pytest.raises(HifieditError, match="no train-split glyph"):

@@ -16,7 +16,10 @@ training, so they measure generalisation to unseen glyphs):
   source attribute to those that carry the target one (mean unit image embeddings; the
   attributes parsed from the texts as `train edit` chooses its images). Checks, before any
   training, that a CLIP reads the texts the way the data shows them: near 0 or negative, an
-  edit guided by these texts has nothing to follow or is pushed the wrong way.
+  edit guided by these texts has nothing to follow or is pushed the wrong way. Where true
+  pairs exist, also whether the CLIP's pixel gradient points from each source towards its
+  true target (`gradient_cos`, `gradient_agreement`): a CLIP can order the glyphs right and
+  still push pixels the wrong way.
 
 Text embeddings are CLIP's prompt ensemble over the emoji templates. Evaluation is the one
 place allowed to load the judge (`allow_judge=True`).
@@ -117,11 +120,14 @@ def clip_metrics(clip, data, split: str = "test") -> dict:
     }
 
 
-def direction_alignment(clip, data, split: str, src: str, tgt: str) -> dict:
+def direction_alignment(clip, data, split: str, src: str, tgt: str, max_pairs: int = 256) -> dict:
     """cos(text direction src → tgt, image direction source glyphs → target glyphs) on one
-    split, with the two groups' sizes."""
+    split, with the two groups' sizes; for texts with true pairs (skin tone, man ↔ woman) also
+    where the CLIP's *gradient* sends an edit (:func:`gradient_cos`): `gradient_cos` (mean)
+    and `gradient_agreement` (share of pairs with a positive cosine)."""
     import torch.nn.functional as F
 
+    from hifiedit.eval.edit_eval import edit_attributes, select_images
     from hifiedit.guidance.losses import text_direction
     from hifiedit.train.edit import _has, source_attribute
 
@@ -139,9 +145,35 @@ def direction_alignment(clip, data, split: str, src: str, tgt: str) -> dict:
         groups.append(idx)
     mean_src, mean_tgt = (_image_embeddings(clip, data.tensor_at(idx)).mean(0) for idx in groups)
     image_direction = F.normalize(mean_tgt - mean_src, dim=-1)
-    cos = image_direction @ text_direction(clip, src, tgt).float().cpu()
-    return {"src": src, "tgt": tgt, "cos": cos.item(), "n_src": len(groups[0]),
-            "n_tgt": len(groups[1])}
+    direction = text_direction(clip, src, tgt).float()
+    report = {"src": src, "tgt": tgt, "cos": (image_direction @ direction.cpu()).item(),
+              "n_src": len(groups[0]), "n_tgt": len(groups[1]),
+              "gradient_cos": None, "gradient_agreement": None, "n_pairs": 0}
+    attrs = edit_attributes(src, tgt)
+    pairs = select_images(data, split, attrs, max_pairs) if attrs.ground_truth else []
+    if pairs:
+        cos = torch.cat([gradient_cos(clip, data.tensor_at([s for s, _ in chunk]),
+                                      data.tensor_at([t for _, t in chunk]), direction)
+                         for chunk in (pairs[i:i + 64] for i in range(0, len(pairs), 64))])
+        report.update(gradient_cos=cos.mean().item(), gradient_agreement=(cos > 0).float().mean().item(),
+                      n_pairs=len(pairs))
+    return report
+
+
+def gradient_cos(clip, sources: torch.Tensor, targets: torch.Tensor, direction: torch.Tensor,
+                 seed: int = 0) -> torch.Tensor:
+    """Per pair, cos(−∇ₓ directional loss at the source, true target − source): positive when
+    the first small step of an edit guided by this CLIP moves the image towards its true
+    target. The loss is taken 1e-2 of noise away from the source (at the source itself
+    E_I(x) − E_I(x0) = 0 has no direction)."""
+    from hifiedit.guidance.losses import directional_loss
+
+    with torch.no_grad():
+        ref = clip.encode_images(sources)
+    noise = torch.randn(sources.shape, generator=torch.Generator().manual_seed(seed))
+    x = (sources + 1e-2 * noise).requires_grad_(True)
+    (grad,) = torch.autograd.grad(directional_loss(clip.encode_images(x), ref, direction), x)
+    return torch.nn.functional.cosine_similarity(-grad.flatten(1), (targets - sources).flatten(1), dim=1)
 
 
 def run_clip_eval(model: str = "default", split: str = "test", json_path: Path | None = None,
@@ -183,6 +215,8 @@ def format_report(report: dict) -> str:
         v = report[k]
         lines.append(f"  {k:20} {'n/a' if v is None else f'{v:.4f}'}")
     for d in report.get("directions", []):
+        grad = ("" if d["gradient_cos"] is None else f"; gradient towards the true target: cos "
+                f"{d['gradient_cos']:+.4f}, positive for {d['gradient_agreement']:.0%} of {d['n_pairs']} pairs")
         lines.append(f"  direction {d['src']!r} → {d['tgt']!r}: cos {d['cos']:+.4f} "
-                     f"(glyphs {d['n_src']} → {d['n_tgt']})")
+                     f"(glyphs {d['n_src']} → {d['n_tgt']}){grad}")
     return "\n".join(lines)
