@@ -357,3 +357,14 @@ def test_a_neutral_source_means_any_face_that_does_not_smile():
     assert not _has(face("grinning face", "grinning"), "expression", "neutral")
     assert not _has(face("cat", ), "expression", "neutral")
     assert _has(face("grinning face", "grinning"), "expression", "grinning")
+
+
+def test_card_train_command_reproduces_the_guide_and_interval():
+    from dataclasses import asdict
+
+    from hifiedit.train.release_edit import train_command
+
+    plain = asdict(EditTrainConfig(src="a b", tgt="c d"))
+    assert "--clip" not in train_command(plain, "OUT") and "--t-edit" not in train_command(plain, "OUT")
+    tuned = train_command({**plain, "clip": "openmoji32-clip-noise", "t_edit": 133}, "OUT")
+    assert " --clip openmoji32-clip-noise " in tuned and " --t-edit 133 " in tuned

@@ -144,6 +144,33 @@ def test_shipped_configs_are_valid_and_differ():
     assert (guide.vision_width, guide.vision_layers) != (judge.vision_width, judge.vision_layers)
 
 
+def test_fine_tuning_starts_from_a_clip_and_noise_changes_the_images(tmp_path, tokenizer):
+    _run(tmp_path / "start", 3, tokenizer, config={"lr": 1e-2})
+    start = load_file(str(tmp_path / "start" / "model" / "model.safetensors"))
+    tuned = {"init_from": str(tmp_path / "start" / "model"), "noise_std": 0.5, "lr": 1e-12}
+    _run(tmp_path / "tuned", 1, None, config=tuned)  # tokenizer: the starting CLIP's
+    after = load_file(str(tmp_path / "tuned" / "model" / "model.safetensors"))
+    for k in start:  # one step at lr 1e-12: still the starting weights
+        torch.testing.assert_close(after[k], start[k], rtol=0, atol=1e-8, msg=k)
+    assert (tmp_path / "tuned" / "tokenizer" / "tokenizer.json").read_text() == \
+        (tmp_path / "start" / "model" / "tokenizer.json").read_text()
+    # The noise reaches training: the same step with and without it lands elsewhere.
+    plain, noisy = ({**tuned, "lr": 1e-2, "noise_std": n} for n in (0.0, 0.5))
+    _run(tmp_path / "plain", 1, None, config=plain)
+    _run(tmp_path / "noisy", 1, None, config=noisy)
+    a, b = (load_file(str(tmp_path / r / "model" / "model.safetensors")) for r in ("plain", "noisy"))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("vision_model"))
+    with pytest.raises(HifieditError, match="architecture fields must match"):
+        _run(tmp_path / "wider", 1, None, config={**tuned, "vision_width": 32})
+    with pytest.raises(HifieditError, match="noise_std"):
+        ClipTrainConfig(**{**TINY, "noise_std": -0.1}).validate()
+    from hifiedit.guidance.clip import ROLE_FILE
+
+    (tmp_path / "start" / "model" / ROLE_FILE).write_text(json.dumps({"role": "judge"}))
+    with pytest.raises(HifieditError, match="judge CLIP: training cannot start from it"):
+        _run(tmp_path / "from-judge", 1, None, config=tuned)
+
+
 @pytest.fixture
 def small_openmoji(monkeypatch, tmp_path):
     """A few real glyphs (train, val and test bases) in a private render cache."""
@@ -192,6 +219,7 @@ def test_cli_train_and_eval_smoke(tmp_path, small_openmoji, capsys):
                  str(report_path)]) == 0
     card = (dest / "README.md").read_text()
     assert "steps: **2**" in card and "skin_tone_acc" in card and "CC BY-SA" in card
+    assert "| light skin tone → dark skin tone |" in card and "gradient right for" in card
     assert (dest / "training.png").is_file() and load_clip(dest).role == "guide"
     assert main(["release", "clip", "--run", str(out), "--to", str(dest)]) == 1  # no clobber
 

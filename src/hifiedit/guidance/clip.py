@@ -118,7 +118,8 @@ class Clip:
 
 
 def resolve_clip_path(name_or_path: str | Path, allow_judge: bool = False) -> Path:
-    """A shipped name ("default", "judge") or an existing folder → the folder."""
+    """A shipped name ("default", "judge", or a model folder's name) or an existing folder →
+    the folder."""
     name = str(name_or_path)
     if name == "judge" and not allow_judge:
         raise HifieditError("The judge CLIP only scores edits; it cannot guide or train them "
@@ -133,10 +134,13 @@ def resolve_clip_path(name_or_path: str | Path, allow_judge: bool = False) -> Pa
                 "--model DIR/model.")
         return path
     path = Path(name_or_path)
-    if not path.exists():
-        raise HifieditError(f"No CLIP model {name!r}: it is neither a folder nor one of "
-                            f"{sorted(NAMED_CLIPS)}.")
-    return path
+    if path.exists():
+        return path
+    shipped = MODELS_DIR / name  # a shipped model by its folder name, e.g. "openmoji32-clip"
+    if name and "/" not in name and (shipped / "config.json").is_file():
+        return shipped
+    raise HifieditError(f"No CLIP model {name!r}: it is neither a folder nor one of "
+                        f"{sorted(NAMED_CLIPS)} or a shipped model's name.")
 
 
 def check_clip_folder(path: Path) -> dict:

@@ -84,6 +84,10 @@ class ClipTrainConfig:
     max_rotate_deg: float = 8.0
     max_scale: float = 0.08  # scale drawn from [1 − s, 1 + s]
     max_shift: float = 0.06  # fraction of the image side
+    # Gaussian noise of a per-image std drawn from U(0, noise_std), after the geometric
+    # augmentation (colours stay unbiased). It smooths the pixel gradients a guide hands to an
+    # edit: the plain guide's gradient for "dark → light skin tone" darkens 87 % of true pairs.
+    noise_std: float = 0.0
     # Batches: batch_size // family_size anchors, each with family_size − 1 siblings.
     batch_size: int = 128
     family_size: int = 4
@@ -92,6 +96,9 @@ class ClipTrainConfig:
     lr: float = 5e-4
     warmup_steps: int = 200
     weight_decay: float = 0.1  # on matrices only, as in CLIP
+    # Fine-tune instead of training from scratch: a CLIP folder or shipped name whose model and
+    # tokenizer this run starts from (same architecture fields as this config).
+    init_from: str = ""
     grad_clip: float = 1.0
     max_steps: int = 6000
     seed: int = 0
@@ -117,6 +124,7 @@ class ClipTrainConfig:
         require(0 <= self.max_rotate_deg <= 45, "max_rotate_deg must be in [0, 45].")
         require(0 <= self.max_scale < 0.5, "max_scale must be in [0, 0.5).")
         require(0 <= self.max_shift < 0.5, "max_shift must be in [0, 0.5).")
+        require(self.noise_std >= 0, "noise_std must be ≥ 0.")
         require(self.batch_size >= 2, "batch_size must be ≥ 2 (contrastive loss).")
         require(1 <= self.family_size <= self.batch_size, "family_size must be 1…batch_size.")
         require(0 <= self.template_prob <= 1, "template_prob must be in [0, 1].")
@@ -366,7 +374,7 @@ def _train_clip(
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    from hifiedit.guidance.clip import OPENAI_MEAN, OPENAI_STD
+    from hifiedit.guidance.clip import OPENAI_MEAN, OPENAI_STD, clip_role, resolve_clip_path
 
     ckpt_dir = prepare_run_dir(out, resume)
     step, wall, saved, state = 0, 0.0, None, None
@@ -382,11 +390,16 @@ def _train_clip(
     require(data.images.shape[-1] == config.image_size,
             f"images are {data.images.shape[-1]} px but image_size is {config.image_size}.")
 
+    init_path = resolve_clip_path(config.init_from) if config.init_from else None
+    require(init_path is None or clip_role(init_path) != "judge",
+            f"init_from {config.init_from!r} is a judge CLIP: training cannot start from it.")
     tok_dir = out / "tokenizer"
     if (tok_dir / "tokenizer.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
     else:
-        if tokenizer is None:
+        if init_path is not None:
+            tokenizer = AutoTokenizer.from_pretrained(init_path, local_files_only=True)
+        elif tokenizer is None:
             texts = [c for variants in data.captions for c in variants]
             tokenizer = train_tokenizer(texts, config.vocab_size, config.max_text_length)
         tokenizer.save_pretrained(tok_dir)
@@ -395,6 +408,11 @@ def _train_clip(
 
     torch.manual_seed(config.seed)
     model = build_clip(config, tokenizer).train()
+    if init_path is not None and saved is None:
+        from transformers import CLIPModel
+
+        start = CLIPModel.from_pretrained(init_path, local_files_only=True)
+        check_model_state(model, start.state_dict(), f"init_from {init_path} (architecture fields must match)")
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
@@ -437,6 +455,9 @@ def _train_clip(
             t_start = time.perf_counter()
             idx, captions = sample_batch(data, config, gen)
             images = augment(data.images[idx], config, gen)
+            if config.noise_std:
+                sigma = torch.rand((len(images), 1, 1, 1), generator=gen) * config.noise_std
+                images = images + sigma * torch.randn(images.shape, generator=gen)
             lr = _lr(config, step)
             for group in opt.param_groups:
                 group["lr"] = lr

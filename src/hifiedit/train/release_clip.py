@@ -65,17 +65,24 @@ def _write_clip_release(tmp: Path, run: Path, dest: Path, state: dict, report) -
     _plot(run / "log.csv", tmp / "training.png")
     rows = list(csv.DictReader((run / "log.csv").open()))
     ips = [float(r["img_per_s"]) for r in rows[-20:]]
+    from hifiedit.guidance.clip import NAMED_CLIPS
+
     role = config["role"]
-    use = ("Guides edits (directional CLIP loss) and is the `default` of `load_clip`."
-           if role == "guide" else
+    default = " and is the `default` of `load_clip`" if dest.name == NAMED_CLIPS["default"] else ""
+    use = (f"Guides edits (directional CLIP loss){default}." if role == "guide" else
            "**Judge**: scores edits only. `load_clip` refuses it unless evaluation code passes "
            "`allow_judge=True`; it never guides training.")
+    noise = config.get("noise_std", 0)
+    augmentation = ("geometric augmentation only" if not noise else "geometric augmentation and "
+                    f"Gaussian noise of a per-image std drawn from U(0, {noise})")
+    start = (f" Fine-tuned from `{Path(config['init_from']).name}` (its weights and tokenizer)."
+             if config.get("init_from") else "")
     card = f"""# {dest.name}: OpenMoji CLIP ({role})
 
 A small Hugging Face `CLIPModel` ({state['n_params'] / 1e6:.2f} M parameters) with its own
 byte-level BPE tokenizer, trained contrastively by `hifiedit train clip` on the **train split**
-of the OpenMoji domain (captions built from names and attributes; geometric augmentation only;
-the test split never seen).
+of the OpenMoji domain (captions built from names and attributes; {augmentation}; the test
+split never seen).{start}
 
 - vision: ViT, patch {config['patch_size']} on {config['image_size']}², width {config['vision_width']}, {config['vision_layers']} layers; text: width {config['text_width']}, {config['text_layers']} layers
 - role: {use}
@@ -88,15 +95,25 @@ the test split never seen).
 ## Zero-shot evaluation
 """
     if report:
-        card += (f"\n`hifiedit eval clip --model {report['model']} --split {report['split']}` on "
+        flags = "".join(f' --direction "{d["src"]}" "{d["tgt"]}"' for d in report.get("directions", []))
+        card += (f"\n`hifiedit eval clip --model {report['model']} --split {report['split']}{flags}` on "
                  f"{report['n_images']} images ({report.get('machine', '')}):\n\n"
                  "| metric | value |\n|---|---|\n"
                  + "".join(f"| {k} | {'n/a' if report[k] is None else f'{report[k]:.4f}'} |\n"
                            for k in _KEYS))
+        if report.get("directions"):
+            card += ("\nWhere its text directions and pixel gradients point (`--direction SRC TGT`; "
+                     "gradient: −∇ of the directional loss at each source against the true "
+                     "change):\n\n| direction | text vs image cos | gradient cos | gradient "
+                     "right for | pairs |\n|---|---|---|---|---|\n")
+            for d in report["directions"]:
+                grad = ("– | –" if d["gradient_cos"] is None else
+                        f"{d['gradient_cos']:+.4f} | {d['gradient_agreement']:.0%}")
+                card += f"| {d['src']} → {d['tgt']} | {d['cos']:+.4f} | {grad} | {d['n_pairs']} |\n"
     else:
         card += "\nNot measured for this release.\n"
     card += card_tail([
-        f"hifiedit train clip --config configs/{'judge' if role == 'judge' else 'clip'}-openmoji32.json --out {run}",
+        f"hifiedit train clip --config CONFIG.json --out {run}    # CONFIG.json: the config below",
         f"hifiedit train clip --out {run} --resume        # after an interruption",
         f"hifiedit eval clip --model {run}/model --split test --json FILE",
         f"hifiedit release clip --run {run} --to {dest} --eval-json FILE",

@@ -86,7 +86,9 @@ def train_command(training: dict, out: Path) -> str:
     t = training
     return (f'hifiedit train edit --src "{t["src"]}" --tgt "{t["tgt"]}" --method {t["method"]}'
             + (f' --markovian-variant {t["markovian_variant"]}' if t["method"] == "markovian" else "")
-            + f' --rectifier {t["rectifier"]} --images {t["images"]} --t0 {t["t0"]}'
+            + f' --rectifier {t["rectifier"]}'
+            + (f' --clip {t["clip"]}' if t.get("clip", "default") != "default" else "")
+            + f' --images {t["images"]} --t0 {t["t0"]}'
             f' --s-for {t["s_for"]} --s-train {t["s_train"]}'
             + (f' --t-edit {t["t_edit"]}' if t.get("t_edit") else "")
             + f' --iters {t["iters"]} --lr {t["lr"]}'
