@@ -1,7 +1,8 @@
-"""Skin-tone edits measured on dev pairs, off the val and test splits.
+"""Skin-tone and man ↔ woman edits measured on dev pairs, off the val and test splits.
 
-Dev pairs: train-split pairs (light→dark by default, `--src dark --tgt light` for the way
-back) whose source is not one of the edit's default training images. Used to choose the editing interval t_edit without
+Dev pairs: train-split pairs (light→dark by default; `--src dark --tgt light` for the way
+back, `--src man --tgt woman` for gender) whose source is not one of the edit's default
+training images. Used to choose the editing interval t_edit without
 touching the val or test split (val has only 8 light→dark pairs: too few to choose by).
 
     python scripts/edit_dev_pairs.py --edit runs/edits/A/edit --edit ... [--n 48] [--steps 6] \
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from hifiedit.data.openmoji import edit_pairs, load_openmoji
+from hifiedit.data.openmoji import SKIN_TONES, edit_pairs, load_openmoji
 from hifiedit.edit import load_edit
 from hifiedit.eval.edit_eval import edit_label, gt_errors, preserve_errors, preserve_mask
 from hifiedit.pipeline import HifiEditPipeline
@@ -31,10 +32,11 @@ from hifiedit.train.edit import EditTrainConfig, training_images
 def dev_pairs(data, n: int, seed: int = 0, src: str = "light",
               tgt: str = "dark") -> tuple[torch.Tensor, torch.Tensor]:
     records = [data.records[i] for i in data.indices("train")]
-    pairs = sorted((p.source, p.target) for p in edit_pairs(records) if p.kind == "skin_tone"
+    kind = "skin_tone" if src in SKIN_TONES else "gender"
+    pairs = sorted((p.source, p.target) for p in edit_pairs(records) if p.kind == kind
                    and p.source_attr == src and p.target_attr == tgt)
-    trained = training_images(EditTrainConfig(src=f"{src} skin tone", tgt=f"{tgt} skin tone"),
-                              data.images.shape[1])
+    text = (lambda v: f"{v} skin tone") if kind == "skin_tone" else (lambda v: v)
+    trained = training_images(EditTrainConfig(src=text(src), tgt=text(tgt)), data.images.shape[1])
     sources = data.tensor_at([s for s, _ in pairs])
     unseen = [i for i in range(len(pairs)) if not any(torch.equal(sources[i], t) for t in trained)]
     pick = torch.randperm(len(unseen), generator=torch.Generator().manual_seed(seed))[:n]
@@ -47,8 +49,8 @@ def main() -> None:
     ap.add_argument("--edit", action="append", required=True)
     ap.add_argument("--n", type=int, default=48)
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--src", default="light", help="source skin tone")
-    ap.add_argument("--tgt", default="dark", help="target skin tone")
+    ap.add_argument("--src", default="light", help="source skin tone, or man / woman")
+    ap.add_argument("--tgt", default="dark", help="target skin tone, or woman / man")
     ap.add_argument("--json")
     args = ap.parse_args()
     pipe = HifiEditPipeline.from_pretrained()
