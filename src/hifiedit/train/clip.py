@@ -85,8 +85,9 @@ class ClipTrainConfig:
     max_scale: float = 0.08  # scale drawn from [1 − s, 1 + s]
     max_shift: float = 0.06  # fraction of the image side
     # Gaussian noise of a per-image std drawn from U(0, noise_std), after the geometric
-    # augmentation (colours stay unbiased). It smooths the pixel gradients a guide hands to an
-    # edit: the plain guide's gradient for "dark → light skin tone" darkens 87 % of true pairs.
+    # augmentation (zero-mean: colours stay unbiased). It smooths the pixel gradients a guide
+    # hands to an edit: the plain guide's gradient for "dark → light skin tone" points away
+    # from the true change for 87 % of the train pairs (`eval clip --direction`).
     noise_std: float = 0.0
     # Batches: batch_size // family_size anchors, each with family_size − 1 siblings.
     batch_size: int = 128

@@ -119,8 +119,8 @@ class RectifierTrainConfig:
     max_steps: int = 20_000
     seed: int = 0
     threads: int = 0  # 0 = PyTorch's default
-    # Start from a trained rectifier (a folder or shipped name) instead of zero offsets: to
-    # follow a base model that trained on (its architecture must match; "" = from scratch).
+    # Start from a trained rectifier (a folder or shipped name) instead of zero offsets, e.g.
+    # the one of the base model's previous release ("" = from zero; the architecture must match).
     init_from: str = ""
     # Monitoring: held-out PSNR of rectified reconstruction (EMA φ) on the val split.
     log_every: int = 10
@@ -328,8 +328,6 @@ def _resume_state(ckpt_dir: Path, config: RectifierTrainConfig, digest: str):
 
 def _initial_weights(config: RectifierTrainConfig, backbone) -> dict:
     """The weights of the rectifier a run starts from (``init_from``), and where they are."""
-    from dataclasses import asdict
-
     from hifiedit.pipeline import resolve_rectifier_path
 
     path = resolve_rectifier_path(config.init_from)
