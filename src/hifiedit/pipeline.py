@@ -11,7 +11,6 @@ It is the only place that wires the backbone, the rectifier and the DDIM sampler
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 from pathlib import Path
 
