@@ -237,3 +237,23 @@ def test_tokenizer_digest_ignores_call_state_and_survives_a_save(tmp_path, token
     assert tokenizer_digest(fresh) == tokenizer_digest(reloaded)
     other = train_tokenizer(["completely different words only"] * 4, 300, 16)
     assert tokenizer_digest(other) != tokenizer_digest(reloaded)
+
+
+def test_gender_ceiling_counts_renders_no_pixel_tells_apart():
+    """Two of three cook variants are the same picture: a pixel-only classifier gets one of
+    them right at best, so the ceiling is 2/3; the pixel counts say which glyphs differ."""
+    import numpy as np
+
+    from hifiedit.data.openmoji import EmojiRecord, OpenMojiSet, parse_name
+    from hifiedit.eval.clip_eval import gender_visibility
+
+    names = ["man_cook", "woman_cook", "person_cook"]
+    records = [EmojiRecord(index=i, char="?", split="test", **parse_name(n))
+               for i, n in enumerate(names)]
+    images = np.full((3, 8, 8, 3), 255, dtype=np.uint8)
+    images[1, :2, :2] = 0  # the woman differs from both others in 4 pixels
+    images[2, 0, 0] = 250  # the person differs from the man below the pixel threshold
+    candidates = [[f"{g} cook" for g in ("man", "woman", "person")]] * 3
+    pixels, ceiling = gender_visibility(OpenMojiSet(images, records), records, candidates)
+    assert pixels == [0, 4, 0]
+    assert ceiling == pytest.approx(2 / 3)

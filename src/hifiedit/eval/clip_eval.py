@@ -7,7 +7,11 @@ training, so they measure generalisation to unseen glyphs):
   classified among the 6 names of its own base ("thumbs up", "thumbs up light skin tone", …,
   "thumbs up dark skin tone"). Comparing names of the *same* glyph isolates the attribute.
 - `gender_acc`: each glyph whose name says man/woman/person, among the 3 names with the gender
-  words swapped ("woman cook" vs "man cook" vs "person cook"), tones kept.
+  words swapped ("woman cook" vs "man cook" vs "person cook"), tones kept. At 32 px many
+  gender variants are (nearly) the same picture, so the report also gives `gender_ceiling`
+  (the best accuracy any image classifier can reach: renders that no pixel tells apart get
+  one right answer between them) and `gender_acc_by_pixels` (accuracy against how many pixels
+  tell a glyph from its nearest other-gender variant).
 - `retrieval_top1/top5`: text → image among all split images, by full name.
 - `pair_direction_cos`: mean S_dir of the true light → dark pairs along the text direction
   "light skin tone" → "dark skin tone" (what a perfect edit would score).
@@ -36,6 +40,43 @@ from hifiedit.errors import HifieditError
 from hifiedit.runtime import machine_description, write_text_atomic
 
 GENDERS = ("man", "woman", "person")
+# A pixel tells two renders apart when some channel differs by more than this ([0, 1] scale):
+# anti-aliasing alone moves edge pixels by less.
+PIXEL_DIFFERENCE = 0.1
+PIXEL_BINS = (("0", 0, 0), ("1-16", 1, 16), ("17-64", 17, 64), (">64", 65, 1 << 30))
+
+
+def telling_pixels(data, index: int, others: list[int]) -> int:
+    """How many pixels tell render `index` from the closest of the renders `others`
+    (the image's pixel count when there are none)."""
+    image = torch.from_numpy(data.images[index]).float() / 255
+    counts = [int(((image - torch.from_numpy(data.images[o]).float() / 255).abs().amax(-1)
+                   > PIXEL_DIFFERENCE).sum()) for o in others]
+    return min(counts, default=image.shape[0] * image.shape[1])
+
+
+def gender_visibility(data, records, candidates: list[list[str]]) -> tuple[list[int], float]:
+    """For each gender row (a record and its 3 candidate names), the pixels that tell it from
+    its nearest other-gender variant in the data, and the accuracy ceiling: renders no pixel
+    tells apart form a group, and a classifier that sees only pixels gets one of each group
+    right."""
+    by_name = {r.name: r.index for r in data.records}
+    parent = {r.index: r.index for r in records}
+
+    def root(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    pixels = []
+    for r, names in zip(records, candidates):
+        others = [by_name[n] for n in names if n in by_name and by_name[n] != r.index]
+        pixels.append(telling_pixels(data, r.index, others))
+        for o in others:
+            if o in parent and telling_pixels(data, r.index, [o]) == 0:
+                parent[root(r.index)] = root(o)
+    groups = len({root(r.index) for r in records})
+    return pixels, (groups / len(records) if records else None)
 
 
 @torch.no_grad()
@@ -64,13 +105,16 @@ def clip_metrics(clip, data, split: str = "test") -> dict:
     row = {r.index: k for k, r in enumerate(records)}
     emb = _image_embeddings(clip, data.tensor(split))
 
-    def accuracy(candidates: list[list[str]], labels: list[int], rows: list[int]):
+    def correct(candidates: list[list[str]], labels: list[int], rows: list[int]):
         if not rows:
-            return None
+            return torch.zeros(0)
         flat = [n for c in candidates for n in c]
         text = _ensemble(clip, flat).view(len(candidates), len(candidates[0]), -1)
         scores = torch.einsum("nd,ncd->nc", emb[rows], text)
-        return (scores.argmax(1) == torch.tensor(labels)).float().mean().item()
+        return (scores.argmax(1) == torch.tensor(labels)).float()
+
+    def mean(x: torch.Tensor):
+        return x.mean().item() if len(x) else None
 
     # Skin tone: 6 classes, no modifier + 5 tones.
     toned = toned_bases(records)
@@ -91,6 +135,14 @@ def clip_metrics(clip, data, split: str = "test") -> dict:
             g_cands.append([with_gender(r.tone_base, g) + suffix for g in GENDERS])
             g_labels.append(GENDERS.index(r.gender))
 
+    g_correct = correct(g_cands, g_labels, g_rows)
+    g_pixels, g_ceiling = gender_visibility(data, [records[k] for k in g_rows], g_cands)
+    g_pixels = torch.tensor(g_pixels, dtype=torch.long)
+    by_pixels = []
+    for label, lo, hi in PIXEL_BINS:
+        mask = (g_pixels >= lo) & (g_pixels <= hi)
+        by_pixels.append({"pixels": label, "n": int(mask.sum()), "acc": mean(g_correct[mask])})
+
     # Retrieval: every name against every image of the split.
     names = [r.name for r in records]
     sims = _ensemble(clip, names) @ emb.T
@@ -108,8 +160,10 @@ def clip_metrics(clip, data, split: str = "test") -> dict:
         pair_cos = s_dir(tgt, src, direction).mean().item()
 
     return {
-        "skin_tone_acc": accuracy(tone_cands, tone_labels, tone_rows),
-        "gender_acc": accuracy(g_cands, g_labels, g_rows),
+        "skin_tone_acc": mean(correct(tone_cands, tone_labels, tone_rows)),
+        "gender_acc": mean(g_correct),
+        "gender_ceiling": g_ceiling,
+        "gender_acc_by_pixels": by_pixels,
         "retrieval_top1": hits[:, 0].float().mean().item(),
         "retrieval_top5": hits.any(1).float().mean().item(),
         "pair_direction_cos": pair_cos,
@@ -206,14 +260,22 @@ def run_clip_eval(model: str = "default", split: str = "test", json_path: Path |
     return report
 
 
+def _number(v: float | None, digits: int) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
 def format_report(report: dict) -> str:
     keys = ("skin_tone_acc", "gender_acc", "retrieval_top1", "retrieval_top5",
             "pair_direction_cos")
     lines = [f"CLIP {report['model']} ({report['role']})  split {report['split']}  "
              f"n_images {report['n_images']}"]
-    for k in keys:
-        v = report[k]
-        lines.append(f"  {k:20} {'n/a' if v is None else f'{v:.4f}'}")
+    lines += [f"  {k:20} {_number(report[k], 4)}" for k in keys]
+    if report.get("gender_ceiling") is not None:
+        bins = ", ".join(f"{b['pixels']}: {_number(b['acc'], 2)} (n {b['n']})"
+                         for b in report["gender_acc_by_pixels"])
+        lines.append(f"  gender ceiling {report['gender_ceiling']:.4f} (renders no pixel tells "
+                     f"apart); accuracy by pixels that tell a glyph from its nearest other-gender "
+                     f"variant: {bins}")
     for d in report.get("directions", []):
         grad = ("" if d["gradient_cos"] is None else f"; gradient towards the true target: cos "
                 f"{d['gradient_cos']:+.4f}, positive for {d['gradient_agreement']:.0%} of {d['n_pairs']} pairs")
