@@ -9,9 +9,9 @@ training, so they measure generalisation to unseen glyphs):
 - `gender_acc`: each glyph whose name says man/woman/person, among the 3 names with the gender
   words swapped ("woman cook" vs "man cook" vs "person cook"), tones kept. At 32 px many
   gender variants are (nearly) the same picture, so the report also gives `gender_ceiling`
-  (the best accuracy any image classifier can reach: renders that no pixel tells apart get
-  one right answer between them) and `gender_acc_by_pixels` (accuracy against how many pixels
-  tell a glyph from its nearest other-gender variant).
+  (the accuracy of a classifier that is right once per group of renders that no pixel tells
+  apart) and `gender_acc_by_pixels` (accuracy against how many pixels tell a glyph from its
+  nearest other-gender variant).
 - `retrieval_top1/top5`: text → image among all split images, by full name.
 - `pair_direction_cos`: mean S_dir of the true light → dark pairs along the text direction
   "light skin tone" → "dark skin tone" (what a perfect edit would score).
