@@ -11,7 +11,10 @@
 # itself when its output is there, so rerunning after an interruption continues. Releases
 # replace the folders in src/hifiedit/assets/models (the old rectifier is kept in $WORK first,
 # to start from). Afterwards, update the README's figures from the JSON files it wrote.
-# Measured cost: see the README (trajectory caches and Markovian edits dominate on a CPU).
+# Cost on the 2-core CPU: the base's full reconstruction table takes over 30 min (DDIM up to
+# 100 steps on 514 images; the first 4 of its 10 rows took 12 min), the rectifier's
+# trajectory caches and training tens of minutes more; `--device auto` puts those on a GPU
+# when there is one. Edits and their evaluations run on the CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 H=${HIFIEDIT:-.venv/bin/hifiedit}
@@ -27,16 +30,17 @@ step() { echo; echo "== $*"; }
 step "keep the old rectifier to fine-tune from"
 [ -d "$W/old-rectifier" ] || cp -r "$M/openmoji32-rectifier" "$W/old-rectifier"
 
-step "base: evaluate $BASE_RUN, gate on SDEdit ≥ $GATE_DB dB at S = 20, release"
+step "base: gate on SDEdit ≥ $GATE_DB dB at S = 20 (test split), evaluate for the card, release"
+[ -f "$W/sdedit_gate.json" ] || $H eval recon --model "$BASE_RUN/model" --split test --steps 20 \
+    --methods sdedit --device auto --json "$W/sdedit_gate.json"
+$PY - "$W/sdedit_gate.json" "$GATE_DB" <<'EOF'
+import json, sys
+(row,) = json.load(open(sys.argv[1]))["rows"]
+print(f"SDEdit S=20: {row['psnr']:.2f} dB (gate {sys.argv[2]})")
+sys.exit(0 if row["psnr"] >= float(sys.argv[2]) else 1)
+EOF
 [ -f "$W/eval_recon_base_test.json" ] || $H eval recon --model "$BASE_RUN/model" --split test \
     --device auto --json "$W/eval_recon_base_test.json"
-$PY - "$W/eval_recon_base_test.json" "$GATE_DB" <<'EOF'
-import json, sys
-rows = json.load(open(sys.argv[1]))["rows"]
-(psnr,) = [r["psnr"] for r in rows if r["method"] == "sdedit" and r["steps"] == 20]
-print(f"SDEdit S=20: {psnr:.2f} dB (gate {sys.argv[2]})")
-sys.exit(0 if psnr >= float(sys.argv[2]) else 1)
-EOF
 [ -f "$W/base.released" ] || { $H release base --run "$BASE_RUN" --to "$M/openmoji32-ddpm" \
     --eval-json "$W/eval_recon_base_test.json" --force && touch "$W/base.released"; }
 
@@ -93,4 +97,7 @@ release_edit l2d-te133-mk-rect-lr1e-3 light-to-dark-markovian-rect edit_light_to
 release_edit d2l-noise dark-to-light edit_dark_to_light_noise_test
 release_edit man-to-woman man-to-woman edit_man_to_woman_test
 cp "$W"/docs/* docs/
+step "applications figure (translation and out-of-domain edits)"
+$PY examples/applications.py --edit light-to-dark --edit light-to-dark-markovian --edit man-to-woman \
+    --out docs/applications.png
 step "done: update the README's figures from $W/*.json and docs/ (git diff docs/)"
