@@ -46,20 +46,20 @@ PIXEL_DIFFERENCE = 0.1
 PIXEL_BINS = (("0", 0, 0), ("1-16", 1, 16), ("17-64", 17, 64), (">64", 65, 1 << 30))
 
 
-def telling_pixels(data, index: int, others: list[int]) -> int:
-    """How many pixels tell render `index` from the closest of the renders `others`
-    (the image's pixel count when there are none)."""
-    image = torch.from_numpy(data.images[index]).float() / 255
-    counts = [int(((image - torch.from_numpy(data.images[o]).float() / 255).abs().amax(-1)
-                   > PIXEL_DIFFERENCE).sum()) for o in others]
-    return min(counts, default=image.shape[0] * image.shape[1])
+def telling_pixels(data, index: int, others: list[int]) -> list[int]:
+    """For each render in `others`, how many pixels tell it from render `index`."""
+    if not others:
+        return []
+    images = torch.from_numpy(data.images[[index] + others]).float() / 255
+    differs = (images[1:] - images[:1]).abs().amax(-1) > PIXEL_DIFFERENCE
+    return differs.sum(dim=(1, 2)).tolist()
 
 
 def gender_visibility(data, records, candidates: list[list[str]]) -> tuple[list[int], float]:
     """For each gender row (a record and its 3 candidate names), the pixels that tell it from
-    its nearest other-gender variant in the data, and the accuracy ceiling: renders no pixel
-    tells apart form a group, and a classifier that sees only pixels gets one of each group
-    right."""
+    its nearest other-gender variant in the data (all pixels when it has none), and the
+    accuracy ceiling: renders no pixel tells apart form a group, and a classifier that sees
+    only pixels gets one of each group right."""
     by_name = {r.name: r.index for r in data.records}
     parent = {r.index: r.index for r in records}
 
@@ -71,9 +71,10 @@ def gender_visibility(data, records, candidates: list[list[str]]) -> tuple[list[
     pixels = []
     for r, names in zip(records, candidates):
         others = [by_name[n] for n in names if n in by_name and by_name[n] != r.index]
-        pixels.append(telling_pixels(data, r.index, others))
-        for o in others:
-            if o in parent and telling_pixels(data, r.index, [o]) == 0:
+        counts = telling_pixels(data, r.index, others)
+        pixels.append(min(counts, default=data.images.shape[1] * data.images.shape[2]))
+        for o, count in zip(others, counts):
+            if count == 0 and o in parent:
                 parent[root(r.index)] = root(o)
     groups = len({root(r.index) for r in records})
     return pixels, (groups / len(records) if records else None)

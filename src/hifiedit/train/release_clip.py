@@ -61,12 +61,12 @@ def release_clip_model(run: Path, dest: Path, eval_json: Path | None = None,
 
 
 def _write_clip_release(tmp: Path, run: Path, dest: Path, state: dict, report) -> None:
+    from hifiedit.guidance.clip import NAMED_CLIPS
+
     config = state["config"]
     _plot(run / "log.csv", tmp / "training.png")
     rows = list(csv.DictReader((run / "log.csv").open()))
     ips = [float(r["img_per_s"]) for r in rows[-20:]]
-    from hifiedit.guidance.clip import NAMED_CLIPS
-
     role = config["role"]
     default = " and is the `default` of `load_clip`" if dest.name == NAMED_CLIPS["default"] else ""
     use = (f"Guides edits (directional CLIP loss){default}." if role == "guide" else
