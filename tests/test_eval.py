@@ -71,3 +71,28 @@ def test_cli_eval_bad_arguments(tiny_model_dir, args, message, capsys):
 def test_cli_non_diffusers_model(tmp_path, capsys):
     assert main(["eval", "recon", "--model", str(tmp_path)]) == 1
     assert "not a diffusers model folder" in capsys.readouterr().err
+
+
+def test_recon_eval_reuses_matching_rows_of_an_earlier_report(tiny_model_dir, tiny_images, tmp_path):
+    bb = load_backbone(tiny_model_dir)
+    config = ReconConfig(model=str(tiny_model_dir), steps=(2, 4), t0=100, limit=4, grid_images=2)
+    run_recon_eval(config, json_path=tmp_path / "a.json", progress=False, backbone=bb,
+                   images=tiny_images)
+    earlier = json.loads((tmp_path / "a.json").read_text())
+    earlier["rows"][0]["psnr"] = 99.0  # marks the row: a copied row keeps it
+    (tmp_path / "a.json").write_text(json.dumps(earlier))
+    # One more step count: the old rows are copied, the new ones computed.
+    more = ReconConfig(**{**config.__dict__, "steps": (2, 4, 3)})
+    again = run_recon_eval(more, grid_path=tmp_path / "g.png", progress=False, backbone=bb,
+                           images=tiny_images, reuse=tmp_path / "a.json")
+    fresh = run_recon_eval(more, progress=False, backbone=bb, images=tiny_images)
+    assert [(r["method"], r["steps"]) for r in again["rows"]] == [
+        (r["method"], r["steps"]) for r in fresh["rows"]]
+    assert again["rows"][0] == earlier["rows"][0]
+    for a, b in zip(again["rows"][1:], fresh["rows"][1:]):
+        assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-4)
+    assert again["reused_rows_from"] == str(tmp_path / "a.json") and (tmp_path / "g.png").is_file()
+    other_t0 = ReconConfig(**{**config.__dict__, "t0": 50})
+    with pytest.raises(HifieditError, match="other settings.*t0"):
+        run_recon_eval(other_t0, progress=False, backbone=bb, images=tiny_images,
+                       reuse=tmp_path / "a.json")

@@ -88,7 +88,7 @@ def cmd_eval_recon(args) -> None:
     )
     report = run_recon_eval(config, json_path=Path(args.json) if args.json else None,
                             grid_path=Path(args.grid) if args.grid else None, force=args.force,
-                            device=args.device)
+                            device=args.device, reuse=Path(args.reuse) if args.reuse else None)
     from hifiedit.eval.recon import format_table
 
     print(format_table(report))
@@ -315,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--json", help="write the report here")
     er.add_argument("--grid", help="write an image grid (original | each method) here")
     er.add_argument("--force", action="store_true", help="overwrite existing --json/--grid")
+    er.add_argument("--reuse", metavar="FILE",
+                    help="copy the ddim/sdedit rows of an earlier report with the same model, "
+                         "split, t0, seed and images instead of recomputing them")
     er.set_defaults(func=cmd_eval_recon)
     bn = sub.add_parser("bench", help="time per generation step: plain DDIM vs rectified")
     bn.add_argument("--model", default="default")

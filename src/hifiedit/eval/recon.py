@@ -118,15 +118,37 @@ def _load_rectifier(name: str, backbone):
     return rectifier, str(path)
 
 
+def reusable_rows(path: Path, config: ReconConfig, n_images: int) -> dict:
+    """Rows of an earlier report (`--reuse FILE`) that this evaluation would compute again:
+    same model, split, t0, seed and image count, matched by (method, steps, s_for). The
+    rectified rows are never reused (the rectifier may differ)."""
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise HifieditError(f"Cannot read --reuse {path}: {e}.") from e
+    mine = {"model": str(config.model), "split": config.split, "t0": config.t0,
+            "seed": config.seed, "n_images": n_images}
+    differ = {k: (old.get(k), v) for k, v in mine.items() if old.get(k) != v}
+    if differ:
+        raise HifieditError(f"--reuse {path} was measured under other settings "
+                            f"(theirs, ours): {differ}.")
+    return {(r["method"], r["steps"], r["s_for"]): r for r in old.get("rows", [])
+            if r["method"] != "rectified"}
+
+
 def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
                    grid_path: Path | None = None, force: bool = False,
                    progress: bool = True, backbone=None, images: torch.Tensor | None = None,
-                   rectifier=None, device: str | torch.device = "cpu"):
+                   rectifier=None, device: str | torch.device = "cpu",
+                   reuse: Path | None = None):
     """Evaluate and return the report dict; optionally write the JSON and an image grid
     (rows: original, then each method × steps, for the first `grid_images` images), plus the
     Figure-1 plot and comparison grid of :func:`figure_paths`. ``rectifier`` (a Rectifier)
     overrides ``config.rectifier``. ``device``: where the networks run ("auto": a GPU if there
-    is one); SDEdit noise comes from a CPU generator, so every device sees the same noise."""
+    is one); SDEdit noise comes from a CPU generator, so every device sees the same noise.
+    ``reuse``: an earlier report whose matching rows are copied, not recomputed (only their
+    `grid_images` figure images are); e.g. a rectifier's evaluation reusing the base's DDIM
+    rows."""
     from tqdm import tqdm
 
     from hifiedit.diffusion.backbone import load_backbone
@@ -155,22 +177,29 @@ def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
     if len(images) == 0:
         raise HifieditError(f"No images in split {config.split!r}.")
     images = images.to(backbone.unet.device)
+    reused = reusable_rows(reuse, config, len(images)) if reuse is not None else {}
 
     rows, firsts = [], {}
     jobs = [(m, s) for m in config.methods for s in config.steps]
     for method, steps in tqdm(jobs, desc="eval recon", disable=not progress):
         g = torch.Generator().manual_seed(config.seed)  # same noise for every S: comparable rows
+        inverted = method in ("ddim", "rectified")
+        s_for = (config.s_for or steps) if inverted else 0
+        old = reused.get((method, steps, s_for))
         sums = {"mae": 0.0, "psnr": 0.0, "ssim": 0.0}
         first = None
-        for batch in images.split(config.batch_size):
+        # A reused row only needs its figure images.
+        todo = images[: config.grid_images] if old is not None else images
+        for batch in todo.split(config.batch_size):
             rec = reconstruct(backbone, batch, method, steps, config.t0, config.s_for, g, rectifier)
             first = rec if first is None else first
+            if old is not None:
+                continue
             a, b = metrics.to_unit(rec), metrics.to_unit(batch)
             for name in sums:
                 sums[name] += getattr(metrics, name)(a, b).sum().item()
-        inverted = method in ("ddim", "rectified")
-        rows.append({"method": method, "s_for": (config.s_for or steps) if inverted else 0,
-                     "steps": steps, **{k: v / len(images) for k, v in sums.items()}})
+        rows.append(old or {"method": method, "s_for": s_for, "steps": steps,
+                            **{k: v / len(images) for k, v in sums.items()}})
         firsts[(method, steps)] = first[: config.grid_images].cpu()
 
     report = {"model": str(config.model), "split": config.split, "t0": config.t0,
@@ -178,6 +207,8 @@ def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
               "rows": rows}
     if rectifier_name is not None:
         report["rectifier"] = rectifier_name
+    if reused:
+        report["reused_rows_from"] = str(reuse)
     originals = images[: config.grid_images].cpu()
     if grid_path is not None:
         from hifiedit.eval.grids import save_grid
