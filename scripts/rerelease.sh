@@ -51,9 +51,11 @@ if [ ! -f "$R/summary.json" ]; then
     $H train rectifier --base default --config configs/rectifier-openmoji32.json \
         --init-from "$W/old-rectifier" --max-steps "$RECT_STEPS" --device auto --out "$R" "${resume[@]}"
 fi
-# The DDIM rows are the base's, measured above: --reuse copies them (saves ~20 min on the CPU).
+# The DDIM rows are the base's, measured above: --reuse copies them (saves ~30 min on the CPU).
+# S = 100 is left out: its rectified row alone is ~35 min on the 2-core CPU (6 s per step of
+# the 514 images, a rectified step costing ~2.3 plain ones).
 [ -f "$W/eval_recon_rectifier_test.json" ] || $H eval recon --model "$BASE_RUN/model" \
-    --methods ddim,rectified --rectifier "$R/rectifier" --limit 514 --device auto \
+    --methods ddim,rectified --rectifier "$R/rectifier" --limit 514 --steps 6,10,20,40 --device auto \
     --reuse "$W/eval_recon_base_test.json" --json "$W/eval_recon_rectifier_test.json"
 [ -f "$W/rectifier.released" ] || { $H release rectifier --run "$R" --to "$M/openmoji32-rectifier" \
     --eval-json "$W/eval_recon_rectifier_test.json" --force && touch "$W/rectifier.released"; }
