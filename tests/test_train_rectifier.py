@@ -24,6 +24,7 @@ from hifiedit.train.rectifier import (
     iteration_loss,
     landing_target,
     train_rectifier,
+    training_subset,
 )
 from hifiedit.train.trajectories import TrajectoryCache, kept_points
 
@@ -300,3 +301,15 @@ def test_cli_train_rectifier_reports_a_missing_base(tmp_path, capsys):
     assert main(["train", "rectifier", "--base", str(tmp_path / "nope"),
                  "--out", str(tmp_path / "run")]) == 1
     assert "No model folder" in capsys.readouterr().err
+
+
+def test_training_subset_is_a_fixed_sorted_sample_that_grows_by_extension():
+    small = training_subset(100, RectifierTrainConfig(n_images=10))
+    large = training_subset(100, RectifierTrainConfig(n_images=40))
+    assert small.tolist() == sorted(set(small.tolist())) and len(small) == 10
+    assert torch.equal(small, training_subset(100, RectifierTrainConfig(n_images=10)))
+    # A wider run keeps the narrower one's images (and so their cached trajectories).
+    assert set(small.tolist()) <= set(large.tolist())
+    assert not torch.equal(small, training_subset(100, RectifierTrainConfig(n_images=10, seed=1)))
+    assert training_subset(30, RectifierTrainConfig(n_images=40)).tolist() == list(range(30))
+    assert training_subset(30, RectifierTrainConfig(n_images=0)).tolist() == list(range(30))

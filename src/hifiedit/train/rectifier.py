@@ -339,15 +339,20 @@ def _initial_weights(config: RectifierTrainConfig, backbone) -> dict:
     return {"weights": start.state_dict(), "source": str(path)}
 
 
+def training_subset(n_train: int, config: RectifierTrainConfig) -> torch.Tensor:
+    """Positions in the train split of the images a run with ``config`` trains on."""
+    if not config.n_images or config.n_images >= n_train:
+        return torch.arange(n_train)
+    pick = torch.randperm(n_train, generator=torch.Generator().manual_seed(config.seed))
+    return pick[: config.n_images].sort().values
+
+
 def _load_images(config: RectifierTrainConfig, size: int):
     from hifiedit.data.openmoji import load_openmoji
 
     data = load_openmoji(size)
     train, val = data.tensor("train"), data.tensor("val")
-    if config.n_images and config.n_images < len(train):
-        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
-        train = train[pick[: config.n_images].sort().values]
-    return train, val[: config.n_val_images]
+    return train[training_subset(len(train), config)], val[: config.n_val_images]
 
 
 def build_points(cache: TrajectoryCache, images: torch.Tensor, grids, progress: bool):
