@@ -6,6 +6,10 @@
 #
 #   scripts/rerelease.sh                 # gate: stops unless SDEdit at S = 20 reaches ≥ 20 dB
 #   GATE_DB=0 scripts/rerelease.sh       # release whatever the base scores
+#   RECT_RUN=runs/rectifier-wide WORK=runs/rerelease2 scripts/rerelease.sh
+#       # ship a rectifier trained elsewhere (its run folder) instead of fine-tuning one; copy
+#       # the base's reports and marker (sdedit_gate.json, eval_recon_base_test.json,
+#       # base.released) into the new WORK first and those stages are skipped
 #
 # Everything it trains or measures goes to $WORK (default runs/rerelease); each stage skips
 # itself when its output is there, so rerunning after an interruption continues. Releases
@@ -45,7 +49,7 @@ EOF
     --eval-json "$W/eval_recon_base_test.json" --force && touch "$W/base.released"; }
 
 step "rectifier: fine-tune $RECT_STEPS steps from the old one on the new base, evaluate, release"
-R="$W/rectifier-openmoji32"
+R=${RECT_RUN:-$W/rectifier-openmoji32}
 if [ ! -f "$R/summary.json" ]; then
     resume=(); [ -d "$R/checkpoint" ] && resume=(--resume)
     $H train rectifier --base default --config configs/rectifier-openmoji32.json \
