@@ -24,9 +24,7 @@ import torch
 from hifiedit.data.openmoji import load_openmoji
 from hifiedit.diffusion.backbone import load_backbone
 from hifiedit.eval.metrics import psnr, to_unit
-from hifiedit.eval.recon import reconstruct
-from hifiedit.pipeline import resolve_rectifier_path
-from hifiedit.rectifier import Rectifier
+from hifiedit.eval.recon import load_rectifier, reconstruct
 from hifiedit.runtime import machine_description, write_text_atomic
 from hifiedit.train.rectifier import RectifierTrainConfig, training_subset
 
@@ -67,20 +65,21 @@ def main() -> None:
         unseen[seen] = False
         groups = {"train, trained on": seen[: args.limit],
                   "train, not trained on": unseen.nonzero().flatten()[: args.limit]}
+    rectifiers = {name: load_rectifier(name, bb)[0] for name in args.rectifier}
     report = {"base": args.base, "split": args.split, "steps": args.steps, "t0": args.t0,
               "machine": machine_description(), "groups": []}
     for group, where in groups.items():
-        report["groups"].append(compare(bb, images[where], [names[i] for i in where], group, args))
+        report["groups"].append(compare(bb, rectifiers, images[where], [names[i] for i in where],
+                                        group, args))
     if args.json:
         write_text_atomic(Path(args.json), json.dumps(report, indent=1))
 
 
-def compare(bb, images, names, group: str, args) -> dict:
+def compare(bb, rectifiers: dict, images, names, group: str, args) -> dict:
     ddim = per_image_psnr(bb, images, args.steps, args.t0)
     report = {"group": group, "n_images": len(images), "ddim_psnr": statistics.mean(ddim),
               "rectifiers": []}
-    for name in args.rectifier:
-        rect = Rectifier.from_pretrained(resolve_rectifier_path(name), bb.unet).eval()
+    for name, rect in rectifiers.items():
         gains = [r - d for r, d in zip(per_image_psnr(bb, images, args.steps, args.t0, rect), ddim)]
         worst = sorted(range(len(gains)), key=gains.__getitem__)[: args.worst]
         row = {"rectifier": name, "mean_gain_db": statistics.mean(gains),

@@ -48,8 +48,8 @@ EOF
 [ -f "$W/base.released" ] || { $H release base --run "$BASE_RUN" --to "$M/openmoji32-ddpm" \
     --eval-json "$W/eval_recon_base_test.json" --force && touch "$W/base.released"; }
 
-step "rectifier: fine-tune $RECT_STEPS steps from the old one on the new base, evaluate, release"
 R=${RECT_RUN:-$W/rectifier-openmoji32}
+step "rectifier: $R (fine-tuned $RECT_STEPS steps from the old one unless RECT_RUN names a finished run), evaluate, release"
 if [ ! -f "$R/summary.json" ]; then
     resume=(); [ -d "$R/checkpoint" ] && resume=(--resume)
     $H train rectifier --base default --config configs/rectifier-openmoji32.json \

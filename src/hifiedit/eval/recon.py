@@ -104,7 +104,8 @@ def figure_paths(json_path: Path | None, methods) -> tuple[Path | None, Path | N
     return Path(f"{stem}_psnr.png"), grid
 
 
-def _load_rectifier(name: str, backbone):
+def load_rectifier(name: str, backbone):
+    """A frozen rectifier for ``backbone`` by folder or shipped name, and its path."""
     from hifiedit.pipeline import resolve_rectifier_path
     from hifiedit.rectifier import Rectifier
 
@@ -165,7 +166,7 @@ def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
     rectifier_name = None
     if "rectified" in config.methods:
         if rectifier is None:
-            rectifier, rectifier_name = _load_rectifier(config.rectifier, backbone)
+            rectifier, rectifier_name = load_rectifier(config.rectifier, backbone)
         else:
             rectifier_name = "given"
     if images is None:
