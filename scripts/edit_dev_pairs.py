@@ -1,9 +1,10 @@
 """Skin-tone and man ↔ woman edits measured on dev pairs, off the val and test splits.
 
 Dev pairs: train-split pairs (light→dark by default; `--src dark --tgt light` for the way
-back, `--src man --tgt woman` for gender) whose source is not one of the edit's default
-training images. Used to choose the editing interval t_edit without
-touching the val or test split (val has only 8 light→dark pairs: too few to choose by).
+back, `--src man --tgt woman` for gender) whose source is not among the training images of
+any given edit (the default samples, up to the largest `--images` among them). Used to
+choose settings (t_edit, λ_L1, lr, number of training images) without touching the val or
+test split (val has only 8 light→dark pairs: too few to choose by).
 
     python scripts/edit_dev_pairs.py --edit runs/edits/A/edit --edit ... [--n 48] [--steps 6] \
         [--src light --tgt dark] --json FILE
@@ -29,14 +30,15 @@ from hifiedit.runtime import machine_description, write_text_atomic
 from hifiedit.train.edit import EditTrainConfig, training_images
 
 
-def dev_pairs(data, n: int, seed: int = 0, src: str = "light",
-              tgt: str = "dark") -> tuple[torch.Tensor, torch.Tensor]:
+def dev_pairs(data, n: int, seed: int = 0, src: str = "light", tgt: str = "dark",
+              n_trained: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     records = [data.records[i] for i in data.indices("train")]
     kind = "skin_tone" if src in SKIN_TONES else "gender"
     pairs = sorted((p.source, p.target) for p in edit_pairs(records) if p.kind == kind
                    and p.source_attr == src and p.target_attr == tgt)
     text = (lambda v: f"{v} skin tone") if kind == "skin_tone" else (lambda v: v)
-    trained = training_images(EditTrainConfig(src=text(src), tgt=text(tgt)), data.images.shape[1])
+    trained = training_images(EditTrainConfig(src=text(src), tgt=text(tgt), images=n_trained),
+                              data.images.shape[1])
     sources = data.tensor_at([s for s, _ in pairs])
     unseen = [i for i in range(len(pairs)) if not any(torch.equal(sources[i], t) for t in trained)]
     pick = torch.randperm(len(unseen), generator=torch.Generator().manual_seed(seed))[:n]
@@ -54,11 +56,14 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
     pipe = HifiEditPipeline.from_pretrained()
-    sources, targets = dev_pairs(load_openmoji(pipe.image_size), args.n, src=args.src, tgt=args.tgt)
+    edits = {name: load_edit(name, pipe.backbone) for name in args.edit}
+    # pairs none of the edits trained on (the default samples grow by extension with --images)
+    n_trained = max(e.info.get("n_train_images") or 64 for e in edits.values())
+    sources, targets = dev_pairs(load_openmoji(pipe.image_size), args.n, src=args.src,
+                                 tgt=args.tgt, n_trained=n_trained)
     mask = preserve_mask(sources, targets)
     rows = []
-    for name in args.edit:
-        edit = load_edit(name, pipe.backbone)
+    for name, edit in edits.items():
         out = pipe.edit(sources, edit, steps=args.steps)
         rows.append({"edit": edit_label(name), "t_edit": edit.t_edit, "steps": args.steps,
                      "gt_mae": gt_errors(out, targets)[0].mean().item(),
@@ -66,6 +71,7 @@ def main() -> None:
                      "n_images": len(sources)})
         print(json.dumps(rows[-1]), flush=True)
     report = {"purpose": __doc__.splitlines()[0], "pairs": f"{args.src} → {args.tgt}",
+              "excluded_training_images": n_trained,
               "machine": machine_description(),
               "unchanged_gt_mae": gt_errors(sources, targets)[0].mean().item(), "rows": rows}
     if args.json:

@@ -196,6 +196,9 @@ def test_save_load_round_trip_is_exact(unet, tmp_path, batch):
     with torch.no_grad():
         out_a, out_b = r(x0, x_t, t), loaded(x0, x_t, t)
     assert all(torch.equal(out_a[k], out_b[k]) for k in out_a)
+    frozen = Rectifier.load_frozen(tmp_path / "rect", unet)
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+    assert all(torch.equal(a[k], frozen.state_dict()[k]) for k in a)
 
 
 def test_loading_into_a_different_unet_is_refused(unet, tmp_path):

@@ -61,8 +61,7 @@ class HifiEditPipeline:
         if rect_path is not None:
             from hifiedit.rectifier import Rectifier
 
-            rect = Rectifier.from_pretrained(rect_path, backbone.unet).to(device).eval()
-            rect.requires_grad_(False)
+            rect = Rectifier.load_frozen(rect_path, backbone.unet)
         return cls(backbone, rect)
 
     @property

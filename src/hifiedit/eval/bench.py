@@ -47,7 +47,7 @@ def _rectifier(backbone, name: str | None):
 
     path = resolve_rectifier_path(name)
     if path is not None:
-        return Rectifier.from_pretrained(path, backbone.unet).eval().requires_grad_(False), str(path)
+        return Rectifier.load_frozen(path, backbone.unet), str(path)
     fresh = Rectifier.for_unet(backbone.unet).eval().requires_grad_(False)
     return fresh, ("freshly initialised (no trained rectifier given or shipped); step time "
                    "does not depend on the weights")

@@ -266,8 +266,7 @@ class _Rectifiers:
         if key not in self.loaded:
             from hifiedit.rectifier import Rectifier
 
-            rect = Rectifier.from_pretrained(path, self.backbone.unet)
-            self.loaded[key] = rect.eval().requires_grad_(False)
+            self.loaded[key] = Rectifier.load_frozen(path, self.backbone.unet)
         return self.loaded[key], portable_name(path)
 
 

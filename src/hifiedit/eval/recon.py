@@ -114,9 +114,7 @@ def load_rectifier(name: str, backbone):
         raise HifieditError("method 'rectified' needs a rectifier and none is shipped yet: train "
                             "one with `hifiedit train rectifier --out DIR`, then pass "
                             "--rectifier DIR/rectifier.")
-    rectifier = Rectifier.from_pretrained(path, backbone.unet).eval().requires_grad_(False)
-    rectifier.to(backbone.unet.device)
-    return rectifier, str(path)
+    return Rectifier.load_frozen(path, backbone.unet), str(path)
 
 
 def reusable_rows(path: Path, config: ReconConfig, n_images: int) -> dict:

@@ -272,3 +272,8 @@ class Rectifier(nn.Module):
             rectifier.check_unet(unet)
         check_model_state(rectifier, load_file(str(w_path)), f"Rectifier weights in {w_path}")
         return rectifier.to(device)
+
+    @classmethod
+    def load_frozen(cls, folder: str | Path, unet: nn.Module) -> "Rectifier":
+        """For use beside ``unet``: checked against it, on its device, in eval mode, no grads."""
+        return cls.from_pretrained(folder, unet, unet.device).eval().requires_grad_(False)

@@ -322,8 +322,7 @@ def _load_rectifier(config: EditTrainConfig, backbone):
     if path is None:
         raise HifieditError("no default rectifier is shipped in this installation; train one "
                             "(`hifiedit train rectifier`) and pass --rectifier PATH, or --rectifier none.")
-    rect = Rectifier.from_pretrained(path, backbone.unet).eval().requires_grad_(False)
-    return rect, portable_name(path)
+    return Rectifier.load_frozen(path, backbone.unet), portable_name(path)
 
 
 def _guidance(config: EditTrainConfig, images: torch.Tensor):
