@@ -73,10 +73,11 @@ train_edit() {  # run name, then train-edit arguments
     [ -d "$out/checkpoint" ] && resume=(--resume)
     $H train edit "$@" "${COMMON[@]}" --out "$out" "${resume[@]}"
 }
-train_edit l2d-te133-sm "${L2D[@]}" --method score-matching --rectifier default --t-edit 133 --lr 0.001
+# light→dark lrs: the best of {1e-4, 3e-4, 1e-3, 3e-3} on dev pairs for this base (runs/lrsearch13500)
+train_edit l2d-te133-sm "${L2D[@]}" --method score-matching --rectifier default --t-edit 133 --lr 0.0003
 train_edit l2d-te133-mk "${L2D[@]}" --method markovian --markovian-variant full --rectifier none --t-edit 133 --lr 0.0003
-train_edit l2d-te133-sm-norect "${L2D[@]}" --method score-matching --rectifier none --t-edit 133 --lr 0.001
-train_edit l2d-te133-mk-rect-lr1e-3 "${L2D[@]}" --method markovian --markovian-variant full --rectifier default --t-edit 133 --lr 0.001
+train_edit l2d-te133-sm-norect "${L2D[@]}" --method score-matching --rectifier none --t-edit 133 --lr 0.0001
+train_edit l2d-te133-mk-rect "${L2D[@]}" --method markovian --markovian-variant full --rectifier default --t-edit 133 --lr 0.0001
 train_edit d2l-noise --src "dark skin tone" --tgt "light skin tone" --method score-matching --rectifier default \
     --clip openmoji32-clip-noise --t-edit 133 --lr 0.0003
 train_edit man-to-woman --src man --tgt woman --method score-matching --rectifier default --lr 0.001
@@ -90,8 +91,7 @@ eval_edit() {  # report name, then --edit arguments
         --json "$W/docs/eval_$name.json" --grid "$W/docs/$name.png"
 }
 eval_edit edit_light_to_dark_interval_test --edit "$E/l2d-te133-sm/edit" \
-    --edit "$E/l2d-te133-mk/edit" --edit "$E/l2d-te133-sm-norect/edit"
-eval_edit edit_light_to_dark_markovian_rect_interval_test --edit "$E/l2d-te133-mk-rect-lr1e-3/edit"
+    --edit "$E/l2d-te133-mk/edit" --edit "$E/l2d-te133-sm-norect/edit" --edit "$E/l2d-te133-mk-rect/edit"
 eval_edit edit_dark_to_light_noise_test --edit "$E/d2l-noise/edit"
 eval_edit edit_man_to_woman_test --edit "$E/man-to-woman/edit"
 release_edit() {  # run name, shipped name, report name
@@ -101,7 +101,7 @@ release_edit() {  # run name, shipped name, report name
 release_edit l2d-te133-sm light-to-dark edit_light_to_dark_interval_test
 release_edit l2d-te133-mk light-to-dark-markovian edit_light_to_dark_interval_test
 release_edit l2d-te133-sm-norect light-to-dark-sm-norect edit_light_to_dark_interval_test
-release_edit l2d-te133-mk-rect-lr1e-3 light-to-dark-markovian-rect edit_light_to_dark_markovian_rect_interval_test
+release_edit l2d-te133-mk-rect light-to-dark-markovian-rect edit_light_to_dark_interval_test
 release_edit d2l-noise dark-to-light edit_dark_to_light_noise_test
 release_edit man-to-woman man-to-woman edit_man_to_woman_test
 cp "$W"/docs/* docs/
