@@ -73,14 +73,14 @@ train_edit() {  # run name, then train-edit arguments
     [ -d "$out/checkpoint" ] && resume=(--resume)
     $H train edit "$@" "${COMMON[@]}" --out "$out" "${resume[@]}"
 }
-# light→dark lrs: the best of {1e-4, 3e-4, 1e-3, 3e-3} on dev pairs for this base (runs/lrsearch13500)
+# lrs (and man→woman's t_edit): the best on dev pairs for this base (runs/lrsearch13500)
 train_edit l2d-te133-sm "${L2D[@]}" --method score-matching --rectifier default --t-edit 133 --lr 0.0003
 train_edit l2d-te133-mk "${L2D[@]}" --method markovian --markovian-variant full --rectifier none --t-edit 133 --lr 0.0003
 train_edit l2d-te133-sm-norect "${L2D[@]}" --method score-matching --rectifier none --t-edit 133 --lr 0.0001
 train_edit l2d-te133-mk-rect "${L2D[@]}" --method markovian --markovian-variant full --rectifier default --t-edit 133 --lr 0.0001
 train_edit d2l-noise --src "dark skin tone" --tgt "light skin tone" --method score-matching --rectifier default \
-    --clip openmoji32-clip-noise --t-edit 133 --lr 0.0003
-train_edit man-to-woman --src man --tgt woman --method score-matching --rectifier default --lr 0.001
+    --clip openmoji32-clip-noise --t-edit 133 --lr 0.0001
+train_edit man-to-woman --src man --tgt woman --method score-matching --rectifier default --t-edit 133 --lr 0.001
 
 step "edits: test-split evaluations and releases"
 E="$W/edits"
