@@ -7,10 +7,11 @@ choose settings (t_edit, λ_L1, lr, number of training images) without touching 
 test split (val has only 8 light→dark pairs: too few to choose by).
 
     python scripts/edit_dev_pairs.py --edit runs/edits/A/edit --edit ... [--n 48] [--steps 6] \
-        [--src light --tgt dark] --json FILE
+        [--src light --tgt dark] [--rectify trained|on|off] --json FILE
 
-Each edit is applied as `hifiedit edit` applies it (its own t0, t_edit and rectifier). Prints
-and writes {"rows": [{"edit", "t_edit", "steps", "gt_mae", "preserve_mae", "n_images"}, ...],
+Each edit is applied as `hifiedit edit` applies it (its own t0, t_edit and rectifier; `--rectify
+on|off` overrides the last, to see what the rectifier does to an edit). Prints and writes
+{"rows": [{"edit", "t_edit", "steps", "rectified", "gt_mae", "preserve_mae", "n_images"}, ...],
 "unchanged_gt_mae"}.
 """
 
@@ -53,6 +54,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--src", default="light", help="source skin tone, or man / woman")
     ap.add_argument("--tgt", default="dark", help="target skin tone, or woman / man")
+    ap.add_argument("--rectify", choices=["trained", "on", "off"], default="trained",
+                    help="apply the rectifier as each edit was trained (default), always, or never")
     ap.add_argument("--json")
     args = ap.parse_args()
     pipe = HifiEditPipeline.from_pretrained()
@@ -64,8 +67,10 @@ def main() -> None:
     mask = preserve_mask(sources, targets)
     rows = []
     for name, edit in edits.items():
-        out = pipe.edit(sources, edit, steps=args.steps)
+        rectify = {"trained": None, "on": True, "off": False}[args.rectify]
+        out = pipe.edit(sources, edit, steps=args.steps, rectify=rectify)
         rows.append({"edit": edit_label(name), "t_edit": edit.t_edit, "steps": args.steps,
+                     "rectified": edit.rectified if rectify is None else rectify,
                      "gt_mae": gt_errors(out, targets)[0].mean().item(),
                      "preserve_mae": preserve_errors(out, sources, mask).nanmean().item(),
                      "n_images": len(sources)})
