@@ -65,9 +65,9 @@ def main() -> None:
     sources, targets = dev_pairs(load_openmoji(pipe.image_size), args.n, src=args.src,
                                  tgt=args.tgt, n_trained=n_trained)
     mask = preserve_mask(sources, targets)
+    rectify = {"trained": None, "on": True, "off": False}[args.rectify]
     rows = []
     for name, edit in edits.items():
-        rectify = {"trained": None, "on": True, "off": False}[args.rectify]
         out = pipe.edit(sources, edit, steps=args.steps, rectify=rectify)
         rows.append({"edit": edit_label(name), "t_edit": edit.t_edit, "steps": args.steps,
                      "rectified": edit.rectified if rectify is None else rectify,
