@@ -7,10 +7,10 @@ choose settings (t_edit, λ_L1, lr, number of training images) without touching 
 test split (val has only 8 light→dark pairs: too few to choose by).
 
     python scripts/edit_dev_pairs.py --edit runs/edits/A/edit --edit ... [--n 48] [--steps 6] \
-        [--src light --tgt dark] [--rectify trained|on|off] --json FILE
+        [--src light --tgt dark] [--rectify trained|on|off|below-t-edit] --json FILE
 
 Each edit is applied as `hifiedit edit` applies it (its own t0, t_edit and rectifier; `--rectify
-on|off` overrides the last, to see what the rectifier does to an edit). Prints and writes
+on|off|below-t-edit` overrides the last, to see what the rectifier does to an edit). Prints and writes
 {"rows": [{"edit", "t_edit", "steps", "rectified", "gt_mae", "preserve_mae", "n_images"}, ...],
 "unchanged_gt_mae"}.
 """
@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from hifiedit.data.openmoji import SKIN_TONES, edit_pairs, load_openmoji
-from hifiedit.edit import load_edit
+from hifiedit.diffusion import generate
+from hifiedit.edit import load_edit, within_interval
 from hifiedit.eval.edit_eval import edit_label, gt_errors, preserve_errors, preserve_mask
 from hifiedit.pipeline import HifiEditPipeline
 from hifiedit.runtime import machine_description, write_text_atomic
@@ -47,6 +48,19 @@ def dev_pairs(data, n: int, seed: int = 0, src: str = "light", tgt: str = "dark"
     return sources[keep], data.tensor_at([pairs[i][1] for i in keep])
 
 
+RECTIFY = {"trained": None, "on": True, "off": False}  # --rectify → pipe.edit(rectify=...)
+
+
+@torch.no_grad()
+def edit_rectifying_base_only(pipe, x0, edit, steps: int) -> torch.Tensor:
+    """Like `pipe.edit`, but ψ unrectified at levels ≥ t_edit and the rectified base below."""
+    grid = pipe.timesteps(edit.t0, steps)
+    eps = within_interval(pipe.eps_fn(None, edit.unet(pipe.backbone), grid),
+                          lambda: pipe.eps_fn(x0, None, grid), edit.t_edit)
+    x_t0 = pipe.invert(x0, edit.t0, steps).final
+    return generate(eps, x_t0, grid, pipe.backbone.alphas_cumprod, pipe.conventions).final
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--edit", action="append", required=True)
@@ -54,8 +68,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--src", default="light", help="source skin tone, or man / woman")
     ap.add_argument("--tgt", default="dark", help="target skin tone, or woman / man")
-    ap.add_argument("--rectify", choices=["trained", "on", "off"], default="trained",
-                    help="apply the rectifier as each edit was trained (default), always, or never")
+    ap.add_argument("--rectify", choices=["trained", "on", "off", "below-t-edit"], default="trained",
+                    help="apply the rectifier as each edit was trained (default), always, never, "
+                         "or only to the base's steps below t_edit (the edit's steps unrectified)")
     ap.add_argument("--json")
     args = ap.parse_args()
     pipe = HifiEditPipeline.from_pretrained()
@@ -65,12 +80,15 @@ def main() -> None:
     sources, targets = dev_pairs(load_openmoji(pipe.image_size), args.n, src=args.src,
                                  tgt=args.tgt, n_trained=n_trained)
     mask = preserve_mask(sources, targets)
-    rectify = {"trained": None, "on": True, "off": False}[args.rectify]
     rows = []
     for name, edit in edits.items():
-        out = pipe.edit(sources, edit, steps=args.steps, rectify=rectify)
+        if args.rectify == "below-t-edit":
+            out = edit_rectifying_base_only(pipe, sources, edit, args.steps)
+        else:
+            out = pipe.edit(sources, edit, steps=args.steps, rectify=RECTIFY[args.rectify])
         rows.append({"edit": edit_label(name), "t_edit": edit.t_edit, "steps": args.steps,
-                     "rectified": edit.rectified if rectify is None else rectify,
+                     "rectified": edit.rectified if args.rectify == "trained"
+                     else RECTIFY.get(args.rectify, args.rectify),
                      "gt_mae": gt_errors(out, targets)[0].mean().item(),
                      "preserve_mae": preserve_errors(out, sources, mask).nanmean().item(),
                      "n_images": len(sources)})
