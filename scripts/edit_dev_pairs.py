@@ -7,10 +7,10 @@ choose settings (t_edit, λ_L1, lr, number of training images) without touching 
 test split (val has only 8 light→dark pairs: too few to choose by).
 
     python scripts/edit_dev_pairs.py --edit runs/edits/A/edit --edit ... [--n 48] [--steps 6] \
-        [--src light --tgt dark] [--rectify trained|on|off|below-t-edit] --json FILE
+        [--src light --tgt dark] [--rectify trained|on|off|below-t-edit|on-edited] --json FILE
 
 Each edit is applied as `hifiedit edit` applies it (its own t0, t_edit and rectifier; `--rectify
-on|off|below-t-edit` overrides the last, to see what the rectifier does to an edit). Prints and writes
+on|off|below-t-edit|on-edited` overrides the last, to see what the rectifier does to an edit). Prints and writes
 {"rows": [{"edit", "t_edit", "steps", "rectified", "gt_mae", "preserve_mae", "n_images"}, ...],
 "unchanged_gt_mae"}.
 """
@@ -52,11 +52,17 @@ RECTIFY = {"trained": None, "on": True, "off": False}  # --rectify → pipe.edit
 
 
 @torch.no_grad()
-def edit_rectifying_base_only(pipe, x0, edit, steps: int) -> torch.Tensor:
-    """Like `pipe.edit`, but ψ unrectified at levels ≥ t_edit and the rectified base below."""
+def edit_with_rectifier_variant(pipe, x0, edit, steps: int, variant: str) -> torch.Tensor:
+    """Like `pipe.edit`, with the rectifier used otherwise: "below-t-edit", ψ unrectified at
+    levels ≥ t_edit and the rectified base below; "on-edited", rectified throughout but with
+    R conditioned on the unrectified edit's output instead of the source image."""
     grid = pipe.timesteps(edit.t0, steps)
-    eps = within_interval(pipe.eps_fn(None, edit.unet(pipe.backbone), grid),
-                          lambda: pipe.eps_fn(x0, None, grid), edit.t_edit)
+    if variant == "below-t-edit":
+        psi_cond, base_cond = None, x0
+    else:
+        psi_cond = base_cond = pipe.edit(x0, edit, steps=steps, rectify=False)
+    eps = within_interval(pipe.eps_fn(psi_cond, edit.unet(pipe.backbone), grid),
+                          lambda: pipe.eps_fn(base_cond, None, grid), edit.t_edit)
     x_t0 = pipe.invert(x0, edit.t0, steps).final
     return generate(eps, x_t0, grid, pipe.backbone.alphas_cumprod, pipe.conventions).final
 
@@ -68,9 +74,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--src", default="light", help="source skin tone, or man / woman")
     ap.add_argument("--tgt", default="dark", help="target skin tone, or woman / man")
-    ap.add_argument("--rectify", choices=["trained", "on", "off", "below-t-edit"], default="trained",
+    ap.add_argument("--rectify", choices=["trained", "on", "off", "below-t-edit", "on-edited"],
+                    default="trained",
                     help="apply the rectifier as each edit was trained (default), always, never, "
-                         "or only to the base's steps below t_edit (the edit's steps unrectified)")
+                         "only to the base's steps below t_edit (the edit's steps unrectified), or "
+                         "always but conditioned on the unrectified edit's output, not the source")
     ap.add_argument("--json")
     args = ap.parse_args()
     pipe = HifiEditPipeline.from_pretrained()
@@ -82,8 +90,8 @@ def main() -> None:
     mask = preserve_mask(sources, targets)
     rows = []
     for name, edit in edits.items():
-        if args.rectify == "below-t-edit":
-            out = edit_rectifying_base_only(pipe, sources, edit, args.steps)
+        if args.rectify in ("below-t-edit", "on-edited"):
+            out = edit_with_rectifier_variant(pipe, sources, edit, args.steps, args.rectify)
         else:
             out = pipe.edit(sources, edit, steps=args.steps, rectify=RECTIFY[args.rectify])
         rows.append({"edit": edit_label(name), "t_edit": edit.t_edit, "steps": args.steps,
