@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 
 from hifiedit.data.openmoji import load_openmoji
-from hifiedit.diffusion import generate, invert
+from hifiedit.diffusion import ddim_timesteps, generate, invert
 from hifiedit.diffusion.backbone import load_backbone
-from hifiedit.diffusion.schedule import ddim_timesteps
 from hifiedit.eval.metrics import psnr, to_unit
 from hifiedit.eval.recon import load_rectifier
 from hifiedit.rectifier import rectified_eps_fn
