@@ -19,7 +19,8 @@ from hifiedit.edit import Edit, EditParams, EditParamsConfig, load_edit
 from hifiedit.errors import HifieditError
 from hifiedit.pipeline import HifiEditPipeline
 from hifiedit.rectifier import Rectifier, rectified_eps
-from hifiedit.train.edit import STEPS, EditTrainConfig, build_task, source_attribute, train_edit
+from hifiedit.train.edit import (STEPS, EditTrainConfig, build_task, generation_move,
+                                 source_attribute, train_edit)
 from hifiedit.diffusion.backbone import model_digest
 
 def _images(n, seed):
@@ -279,6 +280,27 @@ def test_score_matching_draws_only_inside_the_interval(tiny, clip_dir, tmp_path,
     assert levels and min(levels) >= 120 and len(levels) > 1
     with pytest.raises(HifieditError, match="t_edit"):
         EditTrainConfig(src="man", tgt="woman", t0=200, t_edit=300).validate()
+
+
+def test_score_matching_tells_the_rectifier_the_generation_move(tiny, clip_dir, rect_dir, tmp_path,
+                                                               monkeypatch):
+    import hifiedit.rectifier
+
+    _, bb = tiny
+    assert generation_move([0, 66, 133, 200], torch.tensor([200, 150, 133, 100, 66, 33])).tolist() \
+        == [67, 67, 67, 67, 66, 66]
+    # S_for 6 over t0 200 (levels 33, 66, …, 200) and S_train 3 (moves 200→133→66→0): R must
+    # hear of the S_train move through each sampled level, not of S_for's move of ~33.
+    task, _, _ = build_task(_config(clip_dir, rect_dir), bb, _images(5, 0), tmp_path / "cache")
+    seen = []
+    real = hifiedit.rectifier.rectified_eps
+    monkeypatch.setattr(hifiedit.rectifier, "rectified_eps", lambda bb_, r, x, t, code, unet=None, step=None:
+                        seen.append((t.tolist(), step.tolist())) or real(bb_, r, x, t, code, unet=unet, step=step))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        STEPS["score-matching"](task, gen)
+    pairs = {(t, s) for ts, ss in seen for t, s in zip(ts, ss)}
+    assert len(pairs) > 2 and all(s == (66 if t <= 66 else 67) for t, s in pairs)
 
 
 def test_cli_train_edit_then_edit_refusing_to_overwrite(tiny, clip_dir, tmp_path, capsys):

@@ -11,7 +11,8 @@ and differ only in *where* P̂ comes from:
 * **score-matching** (ours): a random point x_t of the cached *original* DDIM inversion
   trajectory of x0 (θ, S_for steps; :mod:`hifiedit.train.trajectories`) and one edited pass,
   P̂ = P_t(ε_{ψ⊙(1+R(x0, P_t^θ))}(x_t, t)) with the rectifier R frozen (or ε_ψ without one).
-  One U-Net forward/backward per sample, no chain.
+  One U-Net forward/backward per sample, no chain. A step-conditioned R is told the move an
+  S_train-step generation takes at t, so that P̂ is the estimate the edited chain will see.
 * **markovian** (DiffusionCLIP): from the inverted x_{t0}, S_train DDIM steps *with ψ*, each
   step starting from the edited previous state; the loss on every step's estimate. ``full``
   backpropagates through the whole chain; ``efficient`` (DiffusionCLIP's GPU-efficient
@@ -70,7 +71,8 @@ class EditTrainConfig:
     # image of image_dir; `images` > 0 keeps a fixed random subset of that many.
     images: int = 64
     image_dir: str = ""
-    # DDIM: invert to t0 with S_for steps (θ); the Markovian chain regenerates with S_train.
+    # DDIM: invert to t0 with S_for steps (θ); both methods train for S_train-step generation
+    # (the Markovian chain runs it; score matching tells the rectifier its moves).
     # t0 = 400 as the rest of the package; DiffusionCLIP uses S_for 40 and S_train 6.
     t0: int = 400
     s_for: int = 40
@@ -252,6 +254,14 @@ def edit_loss(clip, p_hat: torch.Tensor, x0: torch.Tensor, src_emb: torch.Tensor
     return loss
 
 
+def generation_move(grid, t: torch.Tensor) -> torch.Tensor:
+    """The size of the move of the generation grid ``grid`` (ascending levels) that starts at
+    or passes through each level t: the move the edited chain takes there."""
+    levels = torch.as_tensor(grid, device=t.device)
+    j = torch.searchsorted(levels, t).clamp(1, len(levels) - 1)
+    return levels[j] - levels[j - 1]
+
+
 def score_matching_step(task: EditTask, gen: torch.Generator) -> float:
     """One edited pass per sample at a random point (in the editing interval) of its original
     inversion trajectory; backpropagates and returns the loss."""
@@ -260,7 +270,9 @@ def score_matching_step(task: EditTask, gen: torch.Generator) -> float:
     inside = (task.levels[task.kept] >= task.config.t_edit).nonzero().flatten()
     pos = inside[torch.randint(len(inside), (b,), generator=gen)]
     x, t = task.states[idx, pos], task.levels[task.kept[pos]]
-    step = t - task.levels[task.kept[pos] - 1]  # the S_for grid's move down from t
+    # A step-conditioned rectifier is told the move it serves at generation (S_train steps),
+    # not the S_for grid's small move: P̂ is then the estimate the edited chain will see.
+    step = generation_move(task.conventions.timesteps(task.config.t0, task.config.s_train), t)
     eps = task.eps(x, t, task.x0_code(task.images[idx]), step)
     loss = task.loss(predict_x0(x, eps, task.alpha(t)), idx)
     loss.backward()
