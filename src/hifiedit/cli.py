@@ -264,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--image-dir", help="train on these images instead of OpenMoji")
     te.add_argument("--t0", type=int)
     te.add_argument("--s-for", type=int, help="inversion steps")
-    te.add_argument("--s-train", type=int, help="generation steps trained for (the Markovian chain; the rectifier's move in score matching)")
+    te.add_argument("--s-train", type=int, help="generation steps trained for (the Markovian "
+                                                 "chain; the rectifier's move in score matching)")
     te.add_argument("--t-edit", type=int, help="editing interval [t_edit, t0]: the edit acts only "
                                                "at levels ≥ t_edit (default 0: at every level)")
     te.add_argument("--iters", type=int)
