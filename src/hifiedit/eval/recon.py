@@ -105,7 +105,9 @@ def figure_paths(json_path: Path | None, methods) -> tuple[Path | None, Path | N
 
 
 def load_rectifier(name: str, backbone):
-    """A frozen rectifier for ``backbone`` by folder or shipped name, and its path."""
+    """A frozen rectifier for ``backbone`` by folder or shipped name, and how reports name it
+    (a shipped one by its name, as edit configs do: no machine's path in a committed report)."""
+    from hifiedit.diffusion.backbone import portable_name
     from hifiedit.pipeline import resolve_rectifier_path
     from hifiedit.rectifier import Rectifier
 
@@ -114,7 +116,7 @@ def load_rectifier(name: str, backbone):
         raise HifieditError("method 'rectified' needs a rectifier and none is shipped yet: train "
                             "one with `hifiedit train rectifier --out DIR`, then pass "
                             "--rectifier DIR/rectifier.")
-    return Rectifier.load_frozen(path, backbone.unet), str(path)
+    return Rectifier.load_frozen(path, backbone.unet), portable_name(path)
 
 
 def reusable_rows(path: Path, config: ReconConfig, n_images: int) -> dict:
