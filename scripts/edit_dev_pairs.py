@@ -11,7 +11,7 @@ test split (val has only 8 light→dark pairs: too few to choose by).
 
 Each edit is applied as `hifiedit edit` applies it (its own t0, t_edit and rectifier; `--rectify
 on|off|below-t-edit|on-edited` overrides the last, to see what the rectifier does to an edit). Prints and writes
-{"rows": [{"edit", "t_edit", "steps", "rectified", "gt_mae", "preserve_mae", "n_images"}, ...],
+{"rows": [{"edit", "t_edit", "steps", "rectified", "gt_mae", "preserve_mae", "change_mae", "n_images"}, ...],
 "unchanged_gt_mae"}.
 """
 
@@ -26,7 +26,8 @@ import torch
 from hifiedit.data.openmoji import SKIN_TONES, edit_pairs, load_openmoji
 from hifiedit.diffusion import generate
 from hifiedit.edit import load_edit, within_interval
-from hifiedit.eval.edit_eval import edit_label, gt_errors, preserve_errors, preserve_mask
+from hifiedit.eval.edit_eval import (change_errors, edit_label, gt_errors, preserve_errors,
+                                     preserve_mask)
 from hifiedit.pipeline import HifiEditPipeline
 from hifiedit.runtime import machine_description, write_text_atomic
 from hifiedit.train.edit import EditTrainConfig, training_images
@@ -99,6 +100,7 @@ def main() -> None:
                      else RECTIFY.get(args.rectify, args.rectify),
                      "gt_mae": gt_errors(out, targets)[0].mean().item(),
                      "preserve_mae": preserve_errors(out, sources, mask).nanmean().item(),
+                     "change_mae": change_errors(out, targets, mask).nanmean().item(),
                      "n_images": len(sources)})
         print(json.dumps(rows[-1]), flush=True)
     report = {"purpose": __doc__.splitlines()[0], "pairs": f"{args.src} → {args.tgt}",

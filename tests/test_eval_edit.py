@@ -137,6 +137,12 @@ def test_preserve_mask_is_where_source_and_target_agree():
     row0 = (1 - 2 * (src[:, :, 0, :] + 1) / 2).abs().mean(1).sum(-1)
     torch.testing.assert_close(err, row0 / mask.flatten(1).sum(1))
     assert ee.preserve_errors(src, src, torch.zeros_like(mask)).isnan().all()  # nothing to keep
+    # change_mae looks only at the patch, against the true target: 0 for the target, the
+    # patch's own difference for the source, and blind to damage outside the patch.
+    assert torch.equal(ee.change_errors(tgt, tgt, mask), torch.zeros(2))
+    patch = (src - tgt)[:, :, PATCH[0], PATCH[1]].abs().mean(1).flatten(1).mean(1) / 2
+    torch.testing.assert_close(ee.change_errors(src, tgt, mask), patch)
+    torch.testing.assert_close(ee.change_errors(outside, tgt, mask), patch)
 
 
 def test_edit_attributes_images_and_judge_names():
@@ -198,10 +204,11 @@ def test_eval_edit_writes_rows_and_grid(tiny, judge_dir, tmp_path, monkeypatch, 
     for r in rows[:2]:
         assert r["n_images"] == 2 and r["ground_truth"] == "skin_tone" and r["method"] == "score-matching"
         assert 0 < r["gt_mae"] < 1 and r["gt_psnr"] > 0 and 0 <= r["preserve_mae"] < 1
+        assert 0 <= r["change_mae"] < 1
         assert r["preserve_fraction"] == pytest.approx(1 - 24 / 256)
     for r in rows[2:]:
         assert r["n_images"] == 2 and r["method"] == "markovian"
-        assert r["gt_mae"] is r["gt_psnr"] is r["preserve_mae"] is None
+        assert r["gt_mae"] is r["gt_psnr"] is r["preserve_mae"] is r["change_mae"] is None
     # References: the unchanged source's error is the skin patch's (200 → 60 on 4×6 of 16×16
     # pixels); its judge verdict and the no-edit reconstructions are scored like edits.
     refs = report["references"]
@@ -211,6 +218,7 @@ def test_eval_edit_writes_rows_and_grid(tiny, judge_dir, tmp_path, monkeypatch, 
         ("reconstruction", 2, "smiling face"), ("reconstruction", 3, "smiling face")]
     assert refs[0]["gt_mae"] == pytest.approx(140 / 255 * 24 / 256, rel=1e-5)
     assert refs[0]["preserve_mae"] == 0 and refs[0]["s_dir"] == 0
+    assert refs[0]["change_mae"] == pytest.approx(140 / 255, rel=1e-5)  # the whole patch undone
     assert 0 < refs[1]["preserve_mae"] < 1 and refs[1]["gt_mae"] != refs[0]["gt_mae"]
     assert "no edit, light skin tone → dark skin tone:\n  (unchanged)" in table
     # Grid: one column per image (2), rows source | target | 2 edit rows, then source | 2 rows.

@@ -13,6 +13,10 @@ trained with a rectifier.
   = 0.05 in [0, 1] units (13 of 255 levels: above the anti-aliasing noise between two renders
   of one glyph, far below any tone or gender change). Mean over those pixels per image, then
   over images. `preserve_fraction` is the mean share of such pixels.
+- `change_mae`: edited vs the true target on the other pixels, those the edit should change
+  (the skin, the hair): how far the edit got. gt_mae is roughly preserve_fraction ×
+  preserve_mae + (1 − preserve_fraction) × change_mae, so the two say which part of the error
+  is damage and which is an edit left undone or overdone.
 - `s_dir`: directional CLIP similarity cos(E_I(edit) − E_I(src), ΔT) measured with the
   **judge** CLIP, never with the CLIP that guided training: the CLIP given by ``--judge`` must
   be marked ``role: judge`` (:data:`hifiedit.guidance.clip.ROLE_FILE`), which training refuses
@@ -177,13 +181,24 @@ def preserve_mask(source: torch.Tensor, target: torch.Tensor,
     return (to_unit(source) - to_unit(target)).abs().amax(1, keepdim=True) < threshold
 
 
-def preserve_errors(edited: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-image MAE of edited vs source over the masked pixels (NaN for an empty mask)."""
+def masked_errors(edited: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-image MAE of edited vs reference over the masked pixels (NaN for an empty mask)."""
     from hifiedit.eval.metrics import to_unit
 
-    err = (to_unit(edited) - to_unit(source)).abs().mean(1, keepdim=True)
+    err = (to_unit(edited) - to_unit(reference)).abs().mean(1, keepdim=True)
     m = mask.to(err.dtype)
     return (err * m).flatten(1).sum(1) / m.flatten(1).sum(1)
+
+
+def preserve_errors(edited: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-image MAE of edited vs source where the edit should change nothing (``mask``)."""
+    return masked_errors(edited, source, mask)
+
+
+def change_errors(edited: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-image MAE of edited vs the true target where the edit should change the image
+    (outside the preserve ``mask``): how well the edit did what was asked."""
+    return masked_errors(edited, target, ~mask)
 
 
 def _mean(values: torch.Tensor) -> float | None:
@@ -287,11 +302,12 @@ def _scores(block: dict, edited: torch.Tensor, judge) -> dict:
     """The metrics of one set of outputs against the block's sources and true targets."""
     sdir, verdict = judge_scores(judge, edited, block["src_emb"], block["records"], block["attrs"])
     scores = {"ground_truth": block["attrs"].ground_truth, "gt_mae": None, "gt_psnr": None,
-              "preserve_mae": None, "preserve_fraction": None}
+              "preserve_mae": None, "change_mae": None, "preserve_fraction": None}
     if block["targets"] is not None:
         gt_mae, gt_psnr = gt_errors(edited, block["targets"])
         scores.update(gt_mae=gt_mae.mean().item(), gt_psnr=gt_psnr.mean().item(),
                       preserve_mae=_mean(preserve_errors(edited, block["sources"], block["mask"])),
+                      change_mae=_mean(change_errors(edited, block["targets"], block["mask"])),
                       preserve_fraction=block["mask"].float().mean().item())
     return {**scores, "s_dir": sdir.mean().item(), "judge_acc": verdict.mean().item()}
 
@@ -423,12 +439,12 @@ def format_table(report: dict) -> str:
         return (f"{name[:28]:28} {method[:15]:15} {'yes' if rect else 'no':>4} "
                 f"{'-' if steps is None else steps:>5} {r['n_images']:>4} {f(r['gt_mae'], '7.4f'):>7} "
                 f"{f(r['gt_psnr'], '7.2f'):>7} {f(r['preserve_mae'], '8.4f'):>8} "
-                f"{f(r['s_dir'], '6.3f'):>6} {f(r['judge_acc'], '5.2f'):>5} "
+                f"{f(r.get('change_mae'), '8.4f'):>8} {f(r['s_dir'], '6.3f'):>6} {f(r['judge_acc'], '5.2f'):>5} "
                 f"{f(r.get('train_s_per_iter'), '6.2f'):>6} {f(r.get('edit_s_per_image'), '6.3f'):>6}")
 
     lines = [f"split {report['split']}  judge {report['judge']}",
              f"{'edit':28} {'method':15} {'rect':>4} {'steps':>5} {'n':>4} {'gt_MAE':>7} "
-             f"{'gt_PSNR':>7} {'keep_MAE':>8} {'S_dir':>6} {'acc':>5} {'s/iter':>6} {'s/img':>6}"]
+             f"{'gt_PSNR':>7} {'keep_MAE':>8} {'chg_MAE':>8} {'S_dir':>6} {'acc':>5} {'s/iter':>6} {'s/img':>6}"]
     lines += [line(r["edit"], r["method"] or "?", r["rectifier"], r["steps"], r) for r in report["rows"]]
     pair = None
     for r in report.get("references", []):
