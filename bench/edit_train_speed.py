@@ -4,11 +4,14 @@
 Runs the real trainer (``train_edit``) for a few iterations per method on the default base
 model and the default LoRA ψ, same batch, S_train = 6, and reports the trainer's own
 ``s_per_iter`` (median, first iteration excluded). The guiding CLIP has the architecture of
-configs/clip-openmoji32.json; when no trained one is shipped it is randomly initialised, and
-the rectifier (when used) is a freshly initialised one: the time of an iteration does not
-depend on the weights. Inverting the few training images (S_for = 40) is cached before timing.
+configs/clip-openmoji32.json; when no trained one is shipped it is randomly initialised; the
+rectifier (when used) is the shipped default, or a freshly initialised one when none is
+shipped: the time of an iteration does not depend on the weights. The editing interval is the
+shipped edits' (t_edit 133) unless ``--t-edit`` says otherwise. Inverting the few training
+images (S_for = 40) is cached before timing.
 
-    scripts/one-thread.sh .venv/bin/python bench/edit_train_speed.py [--iters 6] [--json FILE]
+    scripts/one-thread.sh .venv/bin/python bench/edit_train_speed.py [--iters 6] [--t-edit 133] \
+        [--json FILE [--force]]
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from hifiedit.diffusion.backbone import load_backbone
+from hifiedit.diffusion.backbone import load_backbone, portable_name
+from hifiedit.pipeline import resolve_rectifier_path
 from hifiedit.rectifier import Rectifier
-from hifiedit.runtime import machine_description
+from hifiedit.runtime import machine_description, write_text_atomic
 from hifiedit.train.edit import EditTrainConfig, default_training_images, train_edit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,36 +60,48 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=6)
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--t-edit", type=int, default=133)
     p.add_argument("--json", type=Path)
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json")
     args = p.parse_args()
+    if args.json and args.json.exists() and not args.force:
+        raise SystemExit(f"{args.json} exists; pass --force to overwrite it.")
 
     bb = load_backbone("default")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         clip, clip_what = guiding_clip(tmp / "clip")
-        Rectifier.for_unet(bb.unet).save_pretrained(tmp / "rect")
+        rect = resolve_rectifier_path("default")
+        rect_what = portable_name(rect) if rect else "random-init rectifier"
+        if rect is None:
+            rect = tmp / "rect"
+            Rectifier.for_unet(bb.unet).save_pretrained(rect)
         base = EditTrainConfig(src="light skin tone", tgt="dark skin tone", clip=clip,
                                images=args.images, iters=args.iters, batch_size=args.batch_size,
-                               s_train=6, log_every=1, checkpoint_every=10_000)
+                               s_train=6, t_edit=args.t_edit, log_every=1,
+                               checkpoint_every=10_000)
         images = default_training_images(base.src, bb.sample_size)[: args.images]
         rows = {}
         for label, method, variant, rectified in RUNS:
             config = EditTrainConfig(**{**base.__dict__, "method": method,
                                         "markovian_variant": variant,
-                                        "rectifier": str(tmp / "rect") if rectified else "none"})
+                                        "rectifier": str(rect) if rectified else "none"})
             summary = train_edit(config, tmp / label.replace(" ", "_"), backbone=bb,
                                  train_images=images, cache_folder=tmp / "cache", progress=False)
             rows[label] = summary["s_per_iter"]
             print(f"{label:30s} {summary['s_per_iter']:.3f} s/iter", flush=True)
-    report = {"s_per_iter": rows, "batch_size": args.batch_size, "s_train": 6, "iters": args.iters,
+    report = {"s_per_iter": rows, "batch_size": args.batch_size, "s_train": 6,
+              "t_edit": args.t_edit, "iters": args.iters,
               "ratio_markovian_full_over_score_matching":
                   rows["markovian full"] / rows["score-matching"],
               "ratio_markovian_full_rect_over_score_matching_rect":
                   rows["markovian full + rectifier"] / rows["score-matching + rectifier"],
-              "clip": clip_what, "machine": machine_description()}
+              "clip": clip_what,
+              "rectifier": rect_what,
+              "machine": machine_description()}
     print(json.dumps(report, indent=1))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
+        write_text_atomic(args.json, json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":
