@@ -439,12 +439,14 @@ def format_table(report: dict) -> str:
         return (f"{name[:28]:28} {method[:15]:15} {'yes' if rect else 'no':>4} "
                 f"{'-' if steps is None else steps:>5} {r['n_images']:>4} {f(r['gt_mae'], '7.4f'):>7} "
                 f"{f(r['gt_psnr'], '7.2f'):>7} {f(r['preserve_mae'], '8.4f'):>8} "
-                f"{f(r.get('change_mae'), '8.4f'):>8} {f(r['s_dir'], '6.3f'):>6} {f(r['judge_acc'], '5.2f'):>5} "
+                f"{f(r['change_mae'], '8.4f'):>8} {f(r['s_dir'], '6.3f'):>6} "
+                f"{f(r['judge_acc'], '5.2f'):>5} "
                 f"{f(r.get('train_s_per_iter'), '6.2f'):>6} {f(r.get('edit_s_per_image'), '6.3f'):>6}")
 
     lines = [f"split {report['split']}  judge {report['judge']}",
              f"{'edit':28} {'method':15} {'rect':>4} {'steps':>5} {'n':>4} {'gt_MAE':>7} "
-             f"{'gt_PSNR':>7} {'keep_MAE':>8} {'chg_MAE':>8} {'S_dir':>6} {'acc':>5} {'s/iter':>6} {'s/img':>6}"]
+             f"{'gt_PSNR':>7} {'keep_MAE':>8} {'chg_MAE':>8} {'S_dir':>6} {'acc':>5} "
+             f"{'s/iter':>6} {'s/img':>6}"]
     lines += [line(r["edit"], r["method"] or "?", r["rectifier"], r["steps"], r) for r in report["rows"]]
     pair = None
     for r in report.get("references", []):
