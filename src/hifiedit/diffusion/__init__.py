@@ -2,8 +2,10 @@
 
 from hifiedit.diffusion.ddim import (
     DDIMConventions,
+    Inversion,
     Trajectory,
     ddim_step,
+    fixed_point_move,
     generate,
     invert,
     predict_x0,
@@ -17,10 +19,12 @@ from hifiedit.diffusion.schedule import (
 
 __all__ = [
     "DDIMConventions",
+    "Inversion",
     "Trajectory",
     "alphas_cumprod_from_config",
     "ddim_step",
     "ddim_timesteps",
+    "fixed_point_move",
     "generate",
     "invert",
     "linear_alphas_cumprod",

@@ -148,6 +148,8 @@ class Trajectory:
     states: list = field(default_factory=list)
     x0_preds: list = field(default_factory=list)
     timesteps: list = field(default_factory=list)
+    # U-Net passes spent per sample (B,): S for plain DDIM; more for fixed-point inversion.
+    passes: Optional[torch.Tensor] = None
 
     @property
     def final(self) -> torch.Tensor:
@@ -201,7 +203,78 @@ def _run(eps_fn, x, pairs, conventions, callback, levels_visited) -> Trajectory:
         x0_preds.append(x0)
         if callback is not None:
             callback(i, t_from, t_to, x)
-    return Trajectory(states=states, x0_preds=x0_preds, timesteps=levels_visited)
+    passes = torch.full((x.shape[0],), len(pairs), dtype=torch.long)
+    return Trajectory(states=states, x0_preds=x0_preds, timesteps=levels_visited, passes=passes)
+
+
+@dataclass(frozen=True)
+class Inversion:
+    """How each inversion move is computed.
+
+    ``"ddim"``: one explicit move per step, ε evaluated at the level it leaves (DESIGN §1; the
+    conventions decide which). It is not the inverse of generation's move, which evaluates ε at
+    the level *it* leaves going down, so few-step reconstructions drift.
+
+    ``"fixed-point"``: each move is iterated (AIDI, Pan et al. 2023; ReNoise, Garibi et al. 2024)
+    so that it becomes the exact inverse of generation's move: x_{i+1} is solved from
+    x_i = DDIM(x_{i+1}, ε_θ(x_{i+1}, τ_{i+1}), τ_{i+1} → τ_i), starting from the plain move and
+    applying ``iters`` times x_{i+1} ← DDIM(x_i, ε_θ(x_{i+1}, τ_{i+1}), τ_i → τ_{i+1}). It costs
+    ``iters`` extra U-Net passes per move; with ``tol`` > 0 a sample stops iterating once its
+    update's RMS falls below ``tol`` (per sample: the result does not depend on the batch). The
+    clean level uses generation's ᾱ (``final_alpha_one``), so generation lands back on x0.
+    """
+
+    method: Literal["ddim", "fixed-point"] = "ddim"
+    iters: int = 2
+    tol: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.method not in ("ddim", "fixed-point"):
+            raise HifieditError(f"inversion must be 'ddim' or 'fixed-point', got {self.method!r}")
+        if not (isinstance(self.iters, int) and 0 <= self.iters <= 100):
+            raise HifieditError(f"fixed-point iterations must be an integer in [0, 100], got {self.iters!r}")
+        if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol >= 0):
+            raise HifieditError(f"fixed-point tolerance must be a finite number ≥ 0, got {self.tol!r}")
+
+    @property
+    def passes_per_move(self) -> int:
+        """U-Net passes of one move at most (the plain move plus the iterations)."""
+        return 1 + (self.iters if self.method == "fixed-point" else 0)
+
+    def describe(self) -> str:
+        return "ddim" if self.method == "ddim" else f"fixed-point×{self.iters}"
+
+
+def fixed_point_move(eps_fn: EpsFn, x: torch.Tensor, x_next: torch.Tensor, t_to,
+                     alpha_from: AlphaBar, alpha_to: AlphaBar, iters: int, tol: float = 0.0):
+    """Refine an inversion move x (at ᾱ_from) → ``x_next`` (an initial guess at level ``t_to``,
+    ᾱ_to) by ``iters`` fixed-point iterations (:class:`Inversion`). ``t_to`` is an int or a
+    per-sample LongTensor (B,), ᾱ a float or per-sample tensor. Returns (x_next, ε, passes
+    per sample (B,)); ε is the one of the last update, so that the generation move
+    DDIM(x_next, ε_θ(x_next, t_to)) returns to x up to the remaining fixed-point error."""
+    b = x.shape[0]
+    t = t_to if isinstance(t_to, torch.Tensor) else torch.full((b,), int(t_to), dtype=torch.long)
+    t = t.to(x.device)
+
+    def pick(alpha: AlphaBar, rows: torch.Tensor) -> AlphaBar:
+        per_sample = isinstance(alpha, torch.Tensor) and alpha.ndim == 1
+        return alpha[rows.to(alpha.device)] if per_sample else alpha
+
+    passes = torch.zeros(b, dtype=torch.long)
+    eps = None
+    active = torch.arange(b, device=x.device)
+    for _ in range(iters):
+        if len(active) == 0:
+            break
+        e = eps_fn(x_next[active], t[active])
+        new = ddim_step(x[active], e, pick(alpha_from, active), pick(alpha_to, active))
+        change = (new - x_next[active]).detach().float().square().flatten(1).mean(1).sqrt()
+        x_next = x_next.index_copy(0, active, new)
+        eps = e if eps is None else eps.index_copy(0, active, e)  # the first pass is whole-batch
+        passes[active.cpu()] += 1
+        if tol > 0:  # only then: the comparison syncs a GPU every iteration
+            active = active[change >= tol]
+    return x_next, eps, passes
 
 
 def invert(
@@ -211,14 +284,33 @@ def invert(
     alphas_cumprod: torch.Tensor,
     conventions: DDIMConventions = DDIMConventions(),
     callback: Optional[Callback] = None,
+    inversion: Inversion = Inversion(),
 ) -> Trajectory:
-    """DDIM inversion x0 → x_{τ_S} (DESIGN §1): S = len(timesteps) − 1 moves τ_i → τ_{i+1}."""
+    """Inversion x0 → x_{τ_S} (DESIGN §1): S = len(timesteps) − 1 moves τ_i → τ_{i+1}, plain
+    DDIM or fixed-point (:class:`Inversion`)."""
     levels = _checked(timesteps, alphas_cumprod)
-    a = _alpha_bars(levels, alphas_cumprod, conventions.invert_from_alpha_one)
+    fixed = inversion.method == "fixed-point"
+    # A fixed-point inversion inverts generation, so the clean level takes generation's ᾱ.
+    clean_one = conventions.final_alpha_one if fixed else conventions.invert_from_alpha_one
+    a = _alpha_bars(levels, alphas_cumprod, clean_one)
     dest = conventions.eps_at == "destination"
     pairs = [(levels[i], levels[i + 1], levels[i + 1] if dest else levels[i], a[i], a[i + 1])
              for i in range(len(levels) - 1)]
-    return _run(eps_fn, x0, pairs, conventions, callback, levels)
+    if not fixed:
+        return _run(eps_fn, x0, pairs, conventions, callback, levels)
+    x, states, x0_preds = x0, [x0], []
+    passes = torch.zeros(x0.shape[0], dtype=torch.long)
+    for i, (t_from, t_to, t_eval, a_from, a_to) in enumerate(pairs):
+        eps = _eps(eps_fn, x, t_eval)  # the plain move is the starting guess
+        x_next, refined, p = fixed_point_move(eps_fn, x, ddim_step(x, eps, a_from, a_to), t_to,
+                                              a_from, a_to, inversion.iters, inversion.tol)
+        passes += 1 + p
+        x0_preds.append(predict_x0(x, eps if refined is None else refined, a_from))
+        x = x_next
+        states.append(x)
+        if callback is not None:
+            callback(i, t_from, t_to, x)
+    return Trajectory(states=states, x0_preds=x0_preds, timesteps=levels, passes=passes)
 
 
 def generate(

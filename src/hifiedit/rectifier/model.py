@@ -63,6 +63,10 @@ class RectifierConfig:
     # Off = the paper's R(x0, P_t, t); our trainer turns it on.
     step_embedding: bool = False
     in_channels: int = 3  # image channels; the encoder sees 2× this (x0 and P_t)
+    # Not architecture: the inversion ("ddim" or "fixed-point") whose trajectories it was trained
+    # on. A rectifier corrects the chain that inversion starts; on the other one it hurts
+    # (docs/results.md), so the pipeline picks its default rectifier by this field.
+    trained_inversion: str = "ddim"
 
     def validate(self) -> None:
         if not self.encoder_channels or any(c <= 0 for c in self.encoder_channels):
@@ -77,6 +81,8 @@ class RectifierConfig:
             raise HifieditError("RectifierConfig.pointwise_rank must be ≥ 0.")
         if self.time_embed_dim % 2:
             raise HifieditError("RectifierConfig.time_embed_dim must be even (sin/cos pairs).")
+        if self.trained_inversion not in ("ddim", "fixed-point"):
+            raise HifieditError("RectifierConfig.trained_inversion must be 'ddim' or 'fixed-point'.")
 
     @classmethod
     def from_dict(cls, values: dict) -> "RectifierConfig":

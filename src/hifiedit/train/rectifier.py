@@ -49,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-from hifiedit.diffusion.ddim import ddim_step, generate, predict_x0
+from hifiedit.diffusion.ddim import Inversion, ddim_step, fixed_point_move, generate, predict_x0
 from hifiedit.errors import HifieditError
 from hifiedit.weights import check_model_state
 from hifiedit.rectifier import Rectifier, RectifierConfig, rectified_eps, rectified_eps_fn
@@ -102,6 +102,12 @@ class RectifierTrainConfig:
     # build to ~20 min (0 = the whole split, ~4 h). Roll-outs add state diversity per image.
     n_images: int = 256
     cache_points: int = 24  # kept states per trajectory (all of them for S ≤ 24)
+    # Which inversion the trajectories (and the chains the rectifier corrects) come from:
+    # "ddim", or "fixed-point" with fp_iters iterations per move (diffusion.ddim.Inversion).
+    # A fixed-point x_{t0} is generation's exact start, so the rectifier only has to undo
+    # the few-step generation's own error, not the inversion's as well.
+    inversion: str = "ddim"
+    fp_iters: int = 2
     # What each move is scored against, and how (module docstring).
     target: str = "trajectory"  # or "x0"
     loss: str = "log_ratio"  # or "mse"
@@ -137,6 +143,7 @@ class RectifierTrainConfig:
         require(all(1 <= s <= self.t0 for s in self.eval_steps), "eval_steps must be in [1, t0].")
         require(self.n_images >= 0 and self.n_val_images >= 0, "n_images/n_val_images must be ≥ 0.")
         require(self.cache_points >= 1, "cache_points must be ≥ 1.")
+        self.inversion_spec()  # raises on a bad method or iteration count
         require(self.target in ("trajectory", "x0"),
                 f"target must be 'trajectory' or 'x0', got {self.target!r}.")
         require(self.loss in ("log_ratio", "mse"), f"loss must be 'log_ratio' or 'mse', got {self.loss!r}.")
@@ -153,7 +160,11 @@ class RectifierTrainConfig:
             require(getattr(self, k) >= 1, f"{k} must be ≥ 1.")
 
     def rectifier_config(self) -> RectifierConfig:
-        return RectifierConfig(**{k: getattr(self, k) for k in _ARCH_FIELDS})
+        return RectifierConfig(**{k: getattr(self, k) for k in _ARCH_FIELDS},
+                               trained_inversion=self.inversion)
+
+    def inversion_spec(self) -> Inversion:
+        return Inversion(self.inversion, self.fp_iters)
 
 
 # --------------------------------------------------------------------------- one iteration
@@ -218,10 +229,16 @@ def draw_batch(backbone, points: dict[int, Points], images: torch.Tensor,
     i = known[pos]
     x = torch.cat([x0[:, None], p.states[idx]], dim=1)[torch.arange(len(idx)), pos]
     path = [x]
+    inversion = config.inversion_spec()
     with torch.no_grad():
         for r in range(k + m):
             t_from, t_to = p.levels[i + r], p.levels[i + r + 1]
-            x = ddim_step(x, backbone.eps(x, t_from), _alpha(backbone, t_from), _alpha(backbone, t_to))
+            if inversion.method == "ddim":
+                x = ddim_step(x, backbone.eps(x, t_from), _alpha(backbone, t_from), _alpha(backbone, t_to))
+            else:  # the cached trajectory's own move: fixed-point from generation's clean ᾱ
+                a_from, a_to = _landing_alpha(backbone, t_from), _alpha(backbone, t_to)
+                guess = ddim_step(x, backbone.eps(x, t_from), a_from, a_to)
+                x = fixed_point_move(backbone.eps, x, guess, t_to, a_from, a_to, inversion.iters)[0]
             path.append(x)
     return Draw(s, k, x0, x, i + k + m, [path[m - 1 - r] for r in range(m)])
 
@@ -334,7 +351,8 @@ def _initial_weights(config: RectifierTrainConfig, backbone) -> dict:
     require(path is not None, f"init_from {config.init_from!r}: no such rectifier is shipped.")
     start = Rectifier.from_pretrained(path, backbone.unet)
     theirs, ours = asdict(start.config), asdict(config.rectifier_config())
-    differ = [f"{k} {theirs[k]} ≠ {ours[k]}" for k in ours if theirs[k] != ours[k]]
+    differ = [f"{k} {theirs[k]} ≠ {ours[k]}" for k in ours
+              if k != "trained_inversion" and theirs[k] != ours[k]]
     require(not differ, f"init_from {path}: its architecture differs from this run's ({', '.join(differ)}).")
     return {"weights": start.state_dict(), "source": str(path)}
 
@@ -415,7 +433,7 @@ def _train(config: RectifierTrainConfig, out: Path, base, resume: bool = False,
     train_images = train_images.to(device)
     val_images = val_images.to(device) if val_images is not None else None
     cache = TrajectoryCache(cache_folder or cache_dir() / "trajectories", backbone, config.t0,
-                            max_points=config.cache_points)
+                            max_points=config.cache_points, inversion=config.inversion_spec())
     points = build_points(cache, train_images, config.step_grids, progress)
 
     torch.manual_seed(config.seed)

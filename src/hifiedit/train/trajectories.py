@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from hifiedit.diffusion.backbone import model_digest
-from hifiedit.diffusion.ddim import DDIMConventions, invert
+from hifiedit.diffusion.ddim import DDIMConventions, Inversion, invert
 from hifiedit.errors import HifieditError
 
 CACHE_VERSION = 1
@@ -44,13 +44,14 @@ class TrajectoryCache:
 
     def __init__(self, folder: Path, backbone, t0: int,
                  conventions: DDIMConventions = DDIMConventions(), max_points: int = 24,
-                 batch_size: int = 64):
+                 batch_size: int = 64, inversion: Inversion = Inversion()):
         if max_points < 1:
             raise HifieditError("the trajectory cache needs max_points ≥ 1.")
         self.folder = Path(folder)
         self.backbone = backbone
         self.t0 = int(t0)
         self.conventions = conventions
+        self.inversion = inversion
         self.max_points = int(max_points)
         self.batch_size = int(batch_size)
         self.model = model_digest(backbone)
@@ -67,6 +68,8 @@ class TrajectoryCache:
         meta = {"version": CACHE_VERSION, "model": self.model, "timesteps": self.grid(n_steps),
                 "conventions": asdict(self.conventions),
                 "kept": kept_points(n_steps, self.max_points), "dtype": "float32"}
+        if self.inversion != Inversion():  # plain DDIM keeps the keys it always had
+            meta["inversion"] = asdict(self.inversion)
         h.update(json.dumps(meta, sort_keys=True).encode())
         return h.hexdigest()
 
@@ -96,7 +99,8 @@ class TrajectoryCache:
     def _invert(self, images: torch.Tensor, n_steps: int, kept: list[int]) -> torch.Tensor:
         bb = self.backbone
         with torch.no_grad():
-            traj = invert(bb.eps, images, self.grid(n_steps), bb.alphas_cumprod, self.conventions)
+            traj = invert(bb.eps, images, self.grid(n_steps), bb.alphas_cumprod, self.conventions,
+                          inversion=self.inversion)
         return torch.stack([traj.states[i] for i in kept], dim=1).contiguous()
 
     def _write(self, key: str, states: torch.Tensor) -> None:
