@@ -42,7 +42,11 @@ def test_recon_eval_rows_and_outputs(tiny_model_dir, tiny_images, tmp_path):
         ("ddim", 2), ("ddim", 8), ("sdedit", 2), ("sdedit", 8)]
     on_disk = json.loads((tmp_path / "r.json").read_text())
     assert set(on_disk) >= {"model", "split", "t0", "n_images", "rows"}
-    assert set(on_disk["rows"][0]) == {"method", "s_for", "steps", "mae", "psnr", "ssim"}
+    assert set(on_disk["rows"][0]) == {"method", "s_for", "steps", "mae", "psnr", "ssim",
+                                       "inversion", "unet_passes"}
+    assert set(on_disk["rows"][2]) == {"method", "s_for", "steps", "mae", "psnr", "ssim",
+                                       "unet_passes"}  # SDEdit does not invert
+    assert [r["unet_passes"] for r in report["rows"]] == [4, 16, 2, 8]
     # Deterministic inversion of an untrained model still reconstructs better with more steps.
     assert report["rows"][1]["psnr"] > report["rows"][0]["psnr"]
     assert (tmp_path / "g.png").is_file()
@@ -96,3 +100,46 @@ def test_recon_eval_reuses_matching_rows_of_an_earlier_report(tiny_model_dir, ti
     with pytest.raises(HifieditError, match="other settings.*t0"):
         run_recon_eval(other_t0, progress=False, backbone=bb, images=tiny_images,
                        reuse=tmp_path / "a.json")
+
+
+def test_recon_eval_fixed_point_rows(tiny_model_dir, tiny_images):
+    config = ReconConfig(model=str(tiny_model_dir), steps=(3,), t0=100, limit=4, methods=("ddim",),
+                         inversions=("ddim", "fixed-point"), fp_iters=3)
+    rows = run_recon_eval(config, progress=False, images=tiny_images)["rows"]
+    assert [(r["inversion"], r["unet_passes"]) for r in rows] == [("ddim", 6), ("fixed-point×3", 15)]
+    # Even an untrained model reconstructs better once inversion inverts generation exactly.
+    assert rows[1]["psnr"] > rows[0]["psnr"] + 3
+
+
+def test_recon_eval_conditioning_check(tiny_model_dir, tiny_images, tmp_path):
+    """The conditioning probes show the rectifier another image's x0 and a grey one; a
+    rectifier that ignores x0 scores the same on all three, one that reads it does not."""
+    from hifiedit.diffusion.backbone import load_backbone
+    from hifiedit.rectifier import Rectifier, RectifierConfig
+
+    bb = load_backbone(tiny_model_dir)
+    rect = Rectifier.for_unet(bb.unet, RectifierConfig(encoder_channels=(8,), norm_groups=4,
+                                                       time_embed_dim=8, feature_dim=8,
+                                                       branch_hidden=4)).eval()
+    config = ReconConfig(model=str(tiny_model_dir), steps=(3,), t0=100, limit=4, batch_size=3,
+                         methods=("ddim", "rectified", "rectified-other", "rectified-grey"))
+    blind = run_recon_eval(config, progress=False, backbone=bb, images=tiny_images, rectifier=rect)
+    # Zero-initialised offsets: R is the identity whatever it is shown.
+    (check,) = blind["conditioning"]
+    assert check["own_minus_other_db"] == 0 and check["own_minus_grey_db"] == 0
+    gains = {r["method"]: r["gain_db"] for r in blind["rows"] if "gain_db" in r}
+    assert set(gains) == {"rectified", "rectified-other", "rectified-grey"}
+    assert all(abs(g) < 1e-4 for g in gains.values())  # grouped-conv rounding only
+    with torch.no_grad():  # now make the offsets depend on x0
+        for p in rect.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    seeing = run_recon_eval(config, progress=False, backbone=bb, images=tiny_images, rectifier=rect)
+    (check,) = seeing["conditioning"]
+    assert check["own_minus_other_db"] != 0 and check["own_minus_grey_db"] != 0
+    rows = {r["method"]: r for r in seeing["rows"]}
+    assert rows["rectified"]["unet_passes"] == 3 + 6 and 0 <= rows["rectified"]["share_worse"] <= 1
+    # "Another image" is image i+1 of the evaluated set, whatever the batch size.
+    again = run_recon_eval(ReconConfig(**{**config.__dict__, "batch_size": 4}), progress=False,
+                           backbone=bb, images=tiny_images, rectifier=rect)
+    assert again["conditioning"][0]["own_minus_other_db"] == pytest.approx(
+        check["own_minus_other_db"], abs=1e-4)

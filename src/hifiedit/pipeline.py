@@ -17,21 +17,33 @@ from pathlib import Path
 import torch
 
 from hifiedit.diffusion.backbone import DEFAULT_BASE, MODELS_DIR, Backbone, load_backbone
-from hifiedit.diffusion.ddim import DDIMConventions, Trajectory, generate, invert
+from hifiedit.diffusion.ddim import DDIMConventions, Inversion, Trajectory, generate, invert
 from hifiedit.errors import HifieditError
 
-DEFAULT_RECTIFIER = "openmoji32-rectifier"
+# The shipped rectifier for each inversion: a rectifier corrects the chain its inversion
+# starts, and on the other inversion's chain it costs fidelity (docs/results.md).
+DEFAULT_RECTIFIERS = {"ddim": "openmoji32-rectifier", "fixed-point": "openmoji32-rectifier-fp"}
+DEFAULT_RECTIFIER = DEFAULT_RECTIFIERS["ddim"]
 
 
-def resolve_rectifier_path(name_or_path: str | Path | None) -> Path | None:
-    """A rectifier folder: an existing path, a shipped name, "default" (None if not shipped),
-    or None/"none" for no rectifier."""
+def as_inversion(inversion: "Inversion | str | None") -> Inversion:
+    """An :class:`Inversion` from itself, a method name ("ddim", "fixed-point") or None."""
+    if isinstance(inversion, Inversion):
+        return inversion
+    return Inversion() if inversion is None else Inversion(str(inversion))
+
+
+def resolve_rectifier_path(name_or_path: str | Path | None,
+                           inversion: "Inversion | str | None" = None) -> Path | None:
+    """A rectifier folder: an existing path, a shipped name, "default" (the shipped one for
+    ``inversion``; None if not shipped), or None/"none" for no rectifier."""
     if name_or_path in (None, "none"):
         return None
     path = Path(name_or_path)
     if path.exists():
         return path
-    named = MODELS_DIR / (DEFAULT_RECTIFIER if str(name_or_path) == "default" else str(name_or_path))
+    default = DEFAULT_RECTIFIERS[as_inversion(inversion).method]
+    named = MODELS_DIR / (default if str(name_or_path) == "default" else str(name_or_path))
     if named.exists():
         return named
     if str(name_or_path) == "default":
@@ -49,20 +61,27 @@ class HifiEditPipeline:
     backbone: Backbone
     rectifier: torch.nn.Module | None = None
     conventions: DDIMConventions = DDIMConventions()
+    # How images are inverted (diffusion.ddim.Inversion): plain DDIM, or fixed-point, the exact
+    # inverse of generation (+9 dB at 6 steps on the default model, docs/results.md).
+    inversion: Inversion = Inversion()
 
     @classmethod
     def from_pretrained(cls, base: str | Path = "default", rectifier: str | Path | None = "default",
-                        device: str | torch.device = "cpu") -> "HifiEditPipeline":
+                        device: str | torch.device = "cpu",
+                        inversion: Inversion | str | None = None) -> "HifiEditPipeline":
+        """``rectifier="default"`` is the shipped rectifier trained for ``inversion``'s
+        trajectories, if the base is the shipped one and such a rectifier ships."""
+        inversion = as_inversion(inversion)
         backbone = load_backbone(base, device=device)
         rect = None
         if str(rectifier) == "default" and not _is_default_base(backbone):
             rectifier = None  # the shipped rectifier belongs to the shipped base model only
-        rect_path = resolve_rectifier_path(rectifier)
+        rect_path = resolve_rectifier_path(rectifier, inversion)
         if rect_path is not None:
             from hifiedit.rectifier import Rectifier
 
             rect = Rectifier.load_frozen(rect_path, backbone.unet)
-        return cls(backbone, rect)
+        return cls(backbone, rect, inversion=inversion)
 
     @property
     def image_size(self) -> int:
@@ -85,11 +104,12 @@ class HifiEditPipeline:
 
     def invert(self, x0: torch.Tensor, t0: int = 400, steps: int = 40,
                progress: bool = False) -> Trajectory:
-        """Deterministic DDIM inversion with the frozen base θ (never rectified or edited)."""
+        """Deterministic inversion with the frozen base θ (never rectified or edited), plain
+        DDIM or fixed-point as this pipeline's ``inversion`` says."""
         x0, timesteps = self._check(x0), self.timesteps(t0, steps)
         with _progress(progress, steps, "invert") as cb:
             return invert(self.backbone.eps, x0, timesteps, self.backbone.alphas_cumprod,
-                          self.conventions, callback=cb)
+                          self.conventions, callback=cb, inversion=self.inversion)
 
     def generate(self, x_t0: torch.Tensor, t0: int, steps: int, x0: torch.Tensor | None = None,
                  unet: torch.nn.Module | None = None, progress: bool = False) -> Trajectory:

@@ -10,6 +10,15 @@ Methods (DESIGN §3, issue "Foundation" item 7):
            the same run, the report also gets the paper's Figure-1 analog next to the JSON: PSNR
            vs steps for every method (``*_psnr.png``) and a grid original | DDIM@6 |
            rectified@6 | DDIM@40 | rectified@40 (``*_grid.png``).
+  rectified-other, rectified-grey — the conditioning check: the same rectified chain, but the
+           rectifier is shown another image's x0 (image i gets image i+1 of the evaluated set,
+           whatever the batching) or a uniform grey x0. A rectifier that uses the original image
+           loses fidelity; one that ignores it does not (report key ``conditioning``).
+
+Inverted methods run once per inversion (``inversions``: plain DDIM and/or fixed-point, see
+:class:`hifiedit.diffusion.ddim.Inversion`); each row records its inversion and the U-Net passes
+spent per image. Rectified rows also record their mean per-image gain over the plain row of the
+same inversion and steps (``gain_db``) and the share of images it makes worse (``share_worse``).
 """
 
 from __future__ import annotations
@@ -23,8 +32,10 @@ import torch
 from hifiedit.errors import HifieditError
 from hifiedit.runtime import machine_description, resolve_device, write_text_atomic
 
-METHODS = ("ddim", "sdedit", "rectified")
+METHODS = ("ddim", "sdedit", "rectified", "rectified-other", "rectified-grey")
 DEFAULT_METHODS = ("ddim", "sdedit")
+INVERTED = ("ddim", "rectified", "rectified-other", "rectified-grey")
+RECTIFIED = ("rectified", "rectified-other", "rectified-grey")
 
 
 @dataclass(frozen=True)
@@ -39,8 +50,18 @@ class ReconConfig:
     methods: tuple = DEFAULT_METHODS
     batch_size: int = 128
     grid_images: int = 8
-    # Used by the "rectified" method only: "default" (the shipped one), a folder, or "none".
+    # Used by the rectified methods only: "default" (the shipped one for each inversion), a
+    # folder, or "none".
     rectifier: str = "default"
+    inversions: tuple = ("ddim",)  # "ddim" and/or "fixed-point"
+    fp_iters: int = 2
+
+    def inversion_specs(self) -> list:
+        from hifiedit.diffusion.ddim import Inversion
+
+        if not self.inversions or len(set(self.inversions)) != len(self.inversions):
+            raise HifieditError(f"--inversion needs distinct methods, got {list(self.inversions)}.")
+        return [Inversion(m, self.fp_iters) for m in self.inversions]
 
     def validate(self, num_train_timesteps: int) -> None:
         if not 1 <= self.t0 < num_train_timesteps:
@@ -54,33 +75,50 @@ class ReconConfig:
             raise HifieditError(f"Unknown methods {unknown}; choose from {list(METHODS)}.")
         if self.limit is not None and self.limit < 1:
             raise HifieditError("--limit must be ≥ 1.")
-        if "rectified" in self.methods and str(self.rectifier).lower() == "none":
-            raise HifieditError("method 'rectified' needs a rectifier: pass --rectifier default|PATH.")
+        if set(RECTIFIED) & set(self.methods) and str(self.rectifier).lower() == "none":
+            raise HifieditError("the rectified methods need a rectifier: pass --rectifier default|PATH.")
+        self.inversion_specs()
 
 
 def reconstruct(backbone, x0: torch.Tensor, method: str, steps: int, t0: int,
                 s_for: int | None = None, generator: torch.Generator | None = None,
-                rectifier=None):
-    """One reconstruction of a batch in [-1, 1] by `method` (see module docstring)."""
-    from hifiedit.diffusion.ddim import generate, invert, stochastic_forward
+                rectifier=None, inversion=None, condition: torch.Tensor | None = None):
+    """One reconstruction of a batch in [-1, 1] by `method` (see module docstring); returns
+    (images, U-Net passes per image). ``condition`` is the x0 the rectifier sees (default:
+    ``x0`` itself; the conditioning check passes another)."""
+    from hifiedit.diffusion.ddim import Inversion, generate, invert, stochastic_forward
     from hifiedit.diffusion.schedule import ddim_timesteps
 
     ac = backbone.alphas_cumprod
     eps_fn = backbone.eps
+    passes = torch.zeros(len(x0), dtype=torch.long)
     with torch.no_grad():
-        if method in ("ddim", "rectified"):  # inversion always uses the frozen base θ
-            x_t0 = invert(backbone.eps, x0, ddim_timesteps(t0, s_for or steps), ac).final
+        if method in INVERTED:  # inversion always uses the frozen base θ
+            traj = invert(backbone.eps, x0, ddim_timesteps(t0, s_for or steps), ac,
+                          inversion=inversion or Inversion())
+            x_t0, passes = traj.final, traj.passes.clone()
         elif method == "sdedit":
             x_t0 = stochastic_forward(x0, t0, ac, generator=generator)
         else:
             raise HifieditError(f"Unknown method {method!r}.")
-        if method == "rectified":
+        if method in RECTIFIED:
             if rectifier is None:
-                raise HifieditError("method 'rectified' needs a rectifier.")
+                raise HifieditError(f"method {method!r} needs a rectifier.")
             from hifiedit.rectifier import rectified_eps_fn
 
-            eps_fn = rectified_eps_fn(backbone, rectifier, x0, timesteps=ddim_timesteps(t0, steps))
-        return generate(eps_fn, x_t0, ddim_timesteps(t0, steps), ac).final
+            seen = x0 if condition is None else condition
+            eps_fn = rectified_eps_fn(backbone, rectifier, seen, timesteps=ddim_timesteps(t0, steps))
+            passes += steps  # each rectified step also runs θ once for the rectifier's P_t
+        return generate(eps_fn, x_t0, ddim_timesteps(t0, steps), ac).final, passes + steps
+
+
+def conditions(method: str, images: torch.Tensor) -> torch.Tensor | None:
+    """What the rectifier is shown for the whole evaluated set (module docstring)."""
+    if method == "rectified-other":
+        return images.roll(-1, dims=0)
+    if method == "rectified-grey":
+        return torch.zeros_like(images)
+    return None
 
 
 def _check_outputs(paths: list[Path | None], force: bool) -> None:
@@ -104,17 +142,19 @@ def figure_paths(json_path: Path | None, methods) -> tuple[Path | None, Path | N
     return Path(f"{stem}_psnr.png"), grid
 
 
-def load_rectifier(name: str, backbone):
-    """A frozen rectifier for ``backbone`` by folder or shipped name, and how reports name it
-    (a shipped one by its name, as edit configs do: no machine's path in a committed report)."""
+def load_rectifier(name: str, backbone, inversion=None):
+    """A frozen rectifier for ``backbone`` by folder or shipped name ("default": the shipped one
+    for ``inversion``), and how reports name it (a shipped one by its name, as edit configs
+    do: no machine's path in a committed report)."""
     from hifiedit.diffusion.backbone import portable_name
     from hifiedit.pipeline import resolve_rectifier_path
     from hifiedit.rectifier import Rectifier
 
-    path = resolve_rectifier_path(name)
+    path = resolve_rectifier_path(name, inversion)
     if path is None:
-        raise HifieditError("method 'rectified' needs a rectifier and none is shipped yet: train "
-                            "one with `hifiedit train rectifier --out DIR`, then pass "
+        kind = f" for {inversion.method} inversion" if inversion is not None else ""
+        raise HifieditError(f"the rectified methods need a rectifier and none is shipped{kind}: "
+                            "train one with `hifiedit train rectifier --out DIR`, then pass "
                             "--rectifier DIR/rectifier.")
     return Rectifier.load_frozen(path, backbone.unet), portable_name(path)
 
@@ -133,8 +173,8 @@ def reusable_rows(path: Path, config: ReconConfig, n_images: int) -> dict:
     if differ:
         raise HifieditError(f"--reuse {path} was measured under other settings "
                             f"(theirs, ours): {differ}.")
-    return {(r["method"], r["steps"], r["s_for"]): r for r in old.get("rows", [])
-            if r["method"] != "rectified"}
+    return {(r["method"], r.get("inversion", "ddim"), r["steps"], r["s_for"]): r
+            for r in old.get("rows", []) if r["method"] not in RECTIFIED}
 
 
 def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
@@ -163,12 +203,6 @@ def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
     _check_outputs([json_path, grid_path, plot_path, compare_path], force)
     backbone = backbone or load_backbone(config.model, device=resolve_device(device))
     config.validate(backbone.num_train_timesteps)
-    rectifier_name = None
-    if "rectified" in config.methods:
-        if rectifier is None:
-            rectifier, rectifier_name = load_rectifier(config.rectifier, backbone)
-        else:
-            rectifier_name = "given"
     if images is None:
         from hifiedit.data.openmoji import load_openmoji
 
@@ -179,35 +213,65 @@ def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
         raise HifieditError(f"No images in split {config.split!r}.")
     images = images.to(backbone.unet.device)
     reused = reusable_rows(reuse, config, len(images)) if reuse is not None else {}
+    rectifiers = {}  # inversion method -> (rectifier, its name in the report)
+    if set(RECTIFIED) & set(config.methods):
+        for inv in config.inversion_specs():
+            rectifiers[inv.method] = ((rectifier, "given") if rectifier is not None
+                                      else load_rectifier(config.rectifier, backbone, inv))
 
-    rows, firsts = [], {}
-    jobs = [(m, s) for m in config.methods for s in config.steps]
-    for method, steps in tqdm(jobs, desc="eval recon", disable=not progress):
+    rows, firsts, per_image = [], {}, {}
+    methods = sorted(config.methods, key=METHODS.index)  # plain rows first: the gains need them
+    jobs = [(m, inv, s) for m in methods
+            for inv in (config.inversion_specs() if m in INVERTED else [None])
+            for s in config.steps]
+    for method, inv, steps in tqdm(jobs, desc="eval recon", disable=not progress):
         g = torch.Generator().manual_seed(config.seed)  # same noise for every S: comparable rows
-        inverted = method in ("ddim", "rectified")
-        s_for = (config.s_for or steps) if inverted else 0
-        old = reused.get((method, steps, s_for))
-        sums = {"mae": 0.0, "psnr": 0.0, "ssim": 0.0}
-        first = None
+        s_for = (config.s_for or steps) if inv is not None else 0
+        inv_name = inv.describe() if inv is not None else None
+        old = reused.get((method, inv_name or "ddim", steps, s_for))
+        rect, rect_name = rectifiers.get(inv.method, (None, None)) if inv is not None else (None, None)
+        cond = conditions(method, images)
+        sums = {"mae": 0.0, "psnr": 0.0, "ssim": 0.0, "unet_passes": 0.0}
+        psnrs, first = [], None
         # A reused row only needs its figure images.
         todo = images[: config.grid_images] if old is not None else images
-        for batch in todo.split(config.batch_size):
-            rec = reconstruct(backbone, batch, method, steps, config.t0, config.s_for, g, rectifier)
+        for i, batch in zip(range(0, len(todo), config.batch_size), todo.split(config.batch_size)):
+            seen = None if cond is None else cond[i:i + len(batch)]
+            rec, passes = reconstruct(backbone, batch, method, steps, config.t0, config.s_for, g,
+                                      rect if method in RECTIFIED else None, inv, seen)
             first = rec if first is None else first
             if old is not None:
                 continue
             a, b = metrics.to_unit(rec), metrics.to_unit(batch)
-            for name in sums:
+            for name in ("mae", "ssim"):
                 sums[name] += getattr(metrics, name)(a, b).sum().item()
-        rows.append(old or {"method": method, "s_for": s_for, "steps": steps,
-                            **{k: v / len(images) for k, v in sums.items()}})
-        firsts[(method, steps)] = first[: config.grid_images].cpu()
+            psnrs.append(metrics.psnr(a, b).cpu())
+            sums["unet_passes"] += passes.sum().item()
+        if old is None:
+            psnr = torch.cat(psnrs)
+            per_image[(method, inv_name, steps)] = psnr
+            sums["psnr"] = psnr.sum().item()
+            row = {"method": method, "s_for": s_for, "steps": steps,
+                   **{k: v / len(images) for k, v in sums.items()}}
+            if inv_name is not None:
+                row["inversion"] = inv_name
+            plain = per_image.get(("ddim", inv_name, steps))
+            if method in RECTIFIED:
+                row["rectifier"] = rect_name
+                if plain is not None:  # image by image, against the same inversion unrectified
+                    row["gain_db"] = (psnr - plain).mean().item()
+                    row["share_worse"] = (psnr < plain).float().mean().item()
+        else:
+            row = old
+        rows.append(row)
+        firsts[(method, inv_name, steps)] = first[: config.grid_images].cpu()
 
     report = {"model": str(config.model), "split": config.split, "t0": config.t0,
               "n_images": len(images), "seed": config.seed, "machine": machine_description(),
               "rows": rows}
-    if rectifier_name is not None:
-        report["rectifier"] = rectifier_name
+    checks = conditioning(per_image)
+    if checks:
+        report["conditioning"] = checks
     if reused:
         report["reused_rows_from"] = str(reuse)
     originals = images[: config.grid_images].cpu()
@@ -215,17 +279,37 @@ def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
         from hifiedit.eval.grids import save_grid
 
         grid_rows = [originals, *firsts.values()]
-        labels = ["original"] + [f"{m}@{s}" for m, s in firsts]
+        labels = ["original"] + [f"{m}{'' if i in (None, 'ddim') else ' ' + i}@{s}"
+                                 for m, i, s in firsts]
         save_grid(torch.cat(grid_rows), grid_path, nrow=len(originals), scale=3, row_labels=labels)
     if plot_path is not None:
         plot_psnr_vs_steps(report, plot_path)
         report["plot"] = str(plot_path)
     if compare_path is not None:
-        save_comparison_grid(originals, firsts, config.steps, compare_path)
+        first_inv = config.inversion_specs()[0].describe()
+        save_comparison_grid(originals, {(m, s): v for (m, i, s), v in firsts.items()
+                                         if i == first_inv}, config.steps, compare_path)
         report["comparison_grid"] = str(compare_path)
     if json_path is not None:
         write_text_atomic(json_path, json.dumps(report, indent=1) + "\n")
     return report
+
+
+def conditioning(per_image: dict) -> list[dict]:
+    """Own-x0 PSNR minus other-x0 and grey-x0 PSNR (mean per image, dB), per inversion and S:
+    near 0 means the rectifier does not read the original image."""
+    out = []
+    for (method, inv, steps), own in per_image.items():
+        if method != "rectified":
+            continue
+        entry = {"inversion": inv, "steps": steps}
+        for probe in ("other", "grey"):
+            theirs = per_image.get((f"rectified-{probe}", inv, steps))
+            if theirs is not None:
+                entry[f"own_minus_{probe}_db"] = (own - theirs).mean().item()
+        if len(entry) > 2:
+            out.append(entry)
+    return out
 
 
 def comparison_steps(steps) -> tuple[int, int]:
@@ -254,9 +338,13 @@ def plot_psnr_vs_steps(report: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for method in dict.fromkeys(r["method"] for r in report["rows"]):
-        rows = sorted((r for r in report["rows"] if r["method"] == method), key=lambda r: r["steps"])
-        ax.plot([r["steps"] for r in rows], [r["psnr"] for r in rows], "o-", label=method)
+    def name(r):
+        inv = r.get("inversion", "ddim")
+        return r["method"] if inv == "ddim" else f"{r['method']} ({inv})"
+
+    for label in dict.fromkeys(name(r) for r in report["rows"]):
+        rows = sorted((r for r in report["rows"] if name(r) == label), key=lambda r: r["steps"])
+        ax.plot([r["steps"] for r in rows], [r["psnr"] for r in rows], "o-", label=label)
     steps = sorted({r["steps"] for r in report["rows"]})
     ax.set_xscale("log")
     ax.set_xticks(steps)
@@ -279,8 +367,16 @@ def plot_psnr_vs_steps(report: dict, path: Path) -> Path:
 def format_table(report: dict) -> str:
     lines = [f"model {report['model']}  split {report['split']}  t0 {report['t0']}  "
              f"n_images {report['n_images']}",
-             f"{'method':9} {'s_for':>5} {'steps':>5} {'MAE':>8} {'PSNR':>7} {'SSIM':>6}"]
+             f"{'method':15} {'inversion':14} {'s_for':>5} {'steps':>5} {'passes':>6} {'MAE':>8} "
+             f"{'PSNR':>7} {'SSIM':>6} {'gain':>6} {'worse':>6}"]
     for r in report["rows"]:
-        lines.append(f"{r['method']:9} {r['s_for']:>5} {r['steps']:>5} {r['mae']:8.4f} "
-                     f"{r['psnr']:7.2f} {r['ssim']:6.3f}")
+        gain = f"{r['gain_db']:+6.2f}" if "gain_db" in r else f"{'':6}"
+        worse = f"{r['share_worse']:6.1%}" if "share_worse" in r else ""
+        passes = f"{r['unet_passes']:6.0f}" if "unet_passes" in r else f"{'':6}"
+        lines.append(f"{r['method']:15} {r.get('inversion') or '-':14} {r['s_for']:>5} "
+                     f"{r['steps']:>5} {passes} {r['mae']:8.4f} {r['psnr']:7.2f} {r['ssim']:6.3f} "
+                     f"{gain} {worse}")
+    for c in report.get("conditioning", []):
+        lines.append(f"conditioning {c['inversion']} S={c['steps']}: " + ", ".join(
+            f"{k} {v:+.3f}" for k, v in c.items() if k.endswith("_db")))
     return "\n".join(lines)
