@@ -11,7 +11,7 @@ from conftest import save_tiny_pipeline
 from safetensors.torch import load_file
 
 from hifiedit.cli import main
-from hifiedit.diffusion import DDIMConventions, ddim_timesteps, invert
+from hifiedit.diffusion import DDIMConventions, Inversion, ddim_timesteps, invert
 from hifiedit.diffusion.backbone import load_backbone
 from hifiedit.errors import HifieditError
 from hifiedit.rectifier import Rectifier
@@ -107,15 +107,20 @@ def test_ideal_path_is_the_chain_of_a_perfect_rectifier(tiny, tmp_path):
         torch.testing.assert_close(d.x, ideal_states(d.x0, noise, ac[p.levels[d.j]]))
 
 
-def test_trajectory_draws_are_inversion_states_and_targets_land_on_them(tiny, tmp_path):
+@pytest.mark.parametrize("inversion", ["ddim", "fixed-point"])
+@pytest.mark.parametrize("cache_points", [4, 6])  # some states recomputed / all looked up
+def test_trajectory_draws_are_inversion_states_and_targets_land_on_them(tiny, tmp_path, inversion,
+                                                                        cache_points):
     _, bb = tiny
     x0 = _images(3, 0)
-    cache = TrajectoryCache(tmp_path / "c", bb, t0=200, max_points=4)
+    spec = Inversion(inversion, 2)
+    cache = TrajectoryCache(tmp_path / "c", bb, t0=200, max_points=cache_points, inversion=spec)
     points = build_points(cache, x0, (6,), progress=False)
     p, ac = points[6], bb.alphas_cumprod
-    with torch.no_grad():
-        inv = torch.stack(invert(bb.eps, x0, p.levels.tolist(), ac).states, 1)  # (N, S+1, ...)
-    config = RectifierTrainConfig(**{**TINY, "step_grids": (6,), "grad_chain_steps": 2})
+    with torch.no_grad():  # (N, S+1, ...)
+        inv = torch.stack(invert(bb.eps, x0, p.levels.tolist(), ac, inversion=spec).states, 1)
+    config = RectifierTrainConfig(**{**TINY, "step_grids": (6,), "grad_chain_steps": 2,
+                                     "cache_points": cache_points, "inversion": inversion})
     gen = torch.Generator().manual_seed(1)
     for _ in range(6):
         d = draw_batch(bb, points, x0, config, gen)
@@ -242,7 +247,8 @@ def test_eval_recon_rectified_rows_plot_and_grid(tiny, tmp_path):
     assert [(r["method"], r["steps"], r["s_for"]) for r in report["rows"]] == [
         ("ddim", 3, 3), ("ddim", 6, 6), ("rectified", 3, 3), ("rectified", 6, 6)]
     on_disk = json.loads((tmp_path / "r.json").read_text())
-    assert on_disk["rows"] == report["rows"] and on_disk["rectifier"].endswith("rectifier")
+    assert on_disk["rows"] == report["rows"]
+    assert all(r["rectifier"].endswith("rectifier") for r in on_disk["rows"][2:])
     from PIL import Image
 
     assert Image.open(tmp_path / "r_psnr.png").size[0] > 100
@@ -277,7 +283,7 @@ def test_cli_eval_recon_rectified_needs_a_rectifier(tiny, capsys):
     folder, _ = tiny
     args = ["eval", "recon", "--model", str(folder), "--methods", "rectified", "--t0", "100"]
     assert main([*args, "--rectifier", "none"]) == 1
-    assert "needs a rectifier" in capsys.readouterr().err
+    assert "need a rectifier" in capsys.readouterr().err
     assert main([*args, "--rectifier", "/no/such/rectifier"]) == 1
     assert "No rectifier" in capsys.readouterr().err
 

@@ -227,7 +227,12 @@ def draw_batch(backbone, points: dict[int, Points], images: torch.Tensor,
     n_ok = int((known <= s - k - m).sum())
     pos = (u * n_ok).long().clamp(max=n_ok - 1)
     i = known[pos]
-    x = torch.cat([x0[:, None], p.states[idx]], dim=1)[torch.arange(len(idx)), pos]
+    rows = torch.arange(len(idx))
+    states = torch.cat([x0[:, None], p.states[idx]], dim=1)
+    if len(p.kept) == s:  # every state of this grid is cached: look the moves up, don't rerun them
+        path = [states[rows, i + r] for r in range(k + m + 1)]
+        return Draw(s, k, x0, path[-1], i + k + m, [path[m - 1 - r] for r in range(m)])
+    x = states[rows, pos]
     path = [x]
     inversion = config.inversion_spec()
     with torch.no_grad():
