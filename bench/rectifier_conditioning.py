@@ -23,7 +23,7 @@ from hifiedit.data.openmoji import load_openmoji
 from hifiedit.diffusion import ddim_timesteps, generate, invert
 from hifiedit.diffusion.backbone import load_backbone
 from hifiedit.eval.metrics import psnr, to_unit
-from hifiedit.eval.recon import load_rectifier
+from hifiedit.rectifier import load_rectifier
 from hifiedit.rectifier import rectified_eps_fn
 from hifiedit.runtime import machine_description, write_text_atomic
 
@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
     bb = load_backbone(args.base)
-    rect, rect_path = load_rectifier(args.rectifier, bb)
+    rect, rect_path = load_rectifier(args.rectifier, bb, missing="no rectifier for this model")
     x0 = load_openmoji(bb.sample_size).tensor(args.split)
     rows = []
     for steps in [int(s) for s in args.steps.split(",")]:

@@ -24,6 +24,7 @@ from hifiedit.data.openmoji import load_openmoji
 from hifiedit.diffusion import ddim_timesteps, generate, invert
 from hifiedit.diffusion.backbone import load_backbone
 from hifiedit.eval.metrics import psnr, to_unit
+from hifiedit.models import portable_name
 from hifiedit.rectifier import Rectifier, rectified_eps_fn
 from hifiedit.runtime import machine_description, write_text_atomic
 from hifiedit.train.rectifier import ideal_states, implied_noise
@@ -59,7 +60,7 @@ def main() -> None:
             row[f"{name}_vs_inversion"] = (chain.states[i] - inv_state).square().mean().item()
             row[f"{name}_vs_ideal"] = (chain.states[i] - ideal).square().mean().item()
         rows.append(row)
-    report = {"rectifier": args.rectifier, "steps": args.steps, "t0": args.t0,
+    report = {"rectifier": portable_name(args.rectifier), "steps": args.steps, "t0": args.t0,
               "n_images": len(x0), "split": "val",
               "psnr": {n: psnr(to_unit(c.final), to_unit(x0)).mean().item() for n, c in chains.items()},
               "levels": rows, "machine": machine_description()}

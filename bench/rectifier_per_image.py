@@ -24,7 +24,9 @@ import torch
 from hifiedit.data.openmoji import load_openmoji
 from hifiedit.diffusion.backbone import load_backbone
 from hifiedit.eval.metrics import psnr, to_unit
-from hifiedit.eval.recon import load_rectifier, reconstruct
+from hifiedit.eval.recon import reconstruct
+from hifiedit.models import portable_name
+from hifiedit.rectifier import load_rectifier
 from hifiedit.runtime import machine_description, write_text_atomic
 from hifiedit.train.rectifier import RectifierTrainConfig, training_subset
 
@@ -65,8 +67,9 @@ def main() -> None:
         unseen[seen] = False
         groups = {"train, trained on": seen[: args.limit],
                   "train, not trained on": unseen.nonzero().flatten()[: args.limit]}
-    rectifiers = {name: load_rectifier(name, bb)[0] for name in args.rectifier}
-    report = {"base": args.base, "split": args.split, "steps": args.steps, "t0": args.t0,
+    rectifiers = {portable_name(name): load_rectifier(name, bb, missing=f"no rectifier {name!r} for this model")[0]
+                  for name in args.rectifier}
+    report = {"base": portable_name(args.base), "split": args.split, "steps": args.steps, "t0": args.t0,
               "machine": machine_description(), "groups": []}
     for group, where in groups.items():
         report["groups"].append(compare(bb, rectifiers, images[where], [names[i] for i in where],

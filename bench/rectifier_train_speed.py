@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 from hifiedit.diffusion.backbone import load_backbone
+from hifiedit.models import portable_name
 from hifiedit.rectifier import Rectifier
-from hifiedit.runtime import machine_description
+from hifiedit.runtime import machine_description, write_text_atomic
 from hifiedit.train.rectifier import RectifierTrainConfig, heldout_psnr, train_rectifier
 from hifiedit.train.trajectories import TrajectoryCache
 
@@ -69,7 +70,7 @@ def main():
         "machine": machine_description(),
         "note": "run through scripts/one-thread.sh (OMP_NUM_THREADS=1) beside the background "
                 "training jobs: one contended core",
-        "base": str(bb.path),
+        "base": portable_name(bb.path),
         "rectifier_params": summary["n_params"],
         "batch_size": default.batch_size,
         "iterations": summary["step"],
@@ -86,7 +87,7 @@ def main():
     }
     print(json.dumps(out, indent=1))
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+        write_text_atomic(Path(args.json), json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The README's applications figure (issue 5, item 6), from the shipped default models:
+"""The README's applications figure (the paper's applications: translation and out-of-domain
+editing), from the shipped default models:
 
 * image-to-image translation of rough colour-blob sketches (examples/sketches, not OpenMoji
   renders) into the emoji domain: stochastic forward to t0, then DDIM, as `hifiedit translate`;

@@ -42,7 +42,7 @@ def test_non_diffusers_folder_and_unknown_name(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(HifieditError, match="not a diffusers model folder"):
         load_backbone(tmp_path)
-    with pytest.raises(HifieditError, match="neither an existing path"):
+    with pytest.raises(HifieditError, match="neither a folder"):
         load_backbone("no-such-model")
 
 

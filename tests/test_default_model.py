@@ -3,7 +3,8 @@
 import torch
 
 from hifiedit.data.openmoji import load_openmoji
-from hifiedit.diffusion.backbone import DEFAULT_BASE, MODELS_DIR, load_backbone
+from hifiedit.diffusion.backbone import DEFAULT_BASE, load_backbone
+from hifiedit.models import MODELS_DIR
 from hifiedit.eval.recon import ReconConfig, run_recon_eval
 
 

@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,7 +96,7 @@ def test_recon_eval_reuses_matching_rows_of_an_earlier_report(tiny_model_dir, ti
     assert again["rows"][0] == earlier["rows"][0]
     for a, b in zip(again["rows"][1:], fresh["rows"][1:]):
         assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-4)
-    assert again["reused_rows_from"] == str(tmp_path / "a.json") and (tmp_path / "g.png").is_file()
+    assert Path(again["reused_rows_from"]).resolve() == (tmp_path / "a.json").resolve() and (tmp_path / "g.png").is_file()
     other_t0 = ReconConfig(**{**config.__dict__, "t0": 50})
     with pytest.raises(HifieditError, match="other settings.*t0"):
         run_recon_eval(other_t0, progress=False, backbone=bb, images=tiny_images,

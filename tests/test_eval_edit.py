@@ -1,9 +1,10 @@
-"""`hifiedit eval edit` and `hifiedit translate` (issue 5 items 4 and 6), on a tiny U-Net, a
+"""`hifiedit eval edit` and `hifiedit translate` , on a tiny U-Net, a
 tiny random judge CLIP and a hand-made OpenMoji-like set whose true edits are known."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,7 +193,7 @@ def test_eval_edit_writes_rows_and_grid(tiny, judge_dir, tmp_path, monkeypatch, 
     table = capsys.readouterr().out
     assert "light-to-dark" in table and "smile" in table
     report = json.loads(out_json.read_text())
-    assert report["judge"] == str(judge_dir) and report["preserve_threshold"] == ee.PRESERVE_THRESHOLD
+    assert Path(report["judge"]).resolve() == judge_dir.resolve() and report["preserve_threshold"] == ee.PRESERVE_THRESHOLD
     rows = report["rows"]
     assert [(r["edit"], r["steps"]) for r in rows] == [
         ("light-to-dark", 2), ("light-to-dark", 3), ("smile", 2), ("smile", 3)]
@@ -240,7 +241,7 @@ def test_rectified_edits_use_their_own_rectifier(tiny, judge_dir, rect_dir, tmp_
         config = ee.EditEvalConfig(edits=(str(edit),), steps=(2,), judge=str(judge_dir), limit=1, **kw)
         return ee.run_edit_eval(config, progress=False, backbone=bb, data=fake_openmoji())["rows"][0]
     rectified, plain = run(), run(rectifier="none")
-    assert rectified["rectifier"] == str(rect_dir) and plain["rectifier"] is None
+    assert Path(rectified["rectifier"]).resolve() == rect_dir.resolve() and plain["rectifier"] is None
     assert rectified["gt_mae"] != plain["gt_mae"]  # the rectifier was applied
 
 

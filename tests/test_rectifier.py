@@ -237,7 +237,7 @@ def test_default_rectifier_is_small_enough_to_ship():
 
     r = Rectifier.for_unet(build_unet(BaseTrainConfig()))
     n_bytes = sum(p.numel() * p.element_size() for p in r.parameters())
-    assert n_bytes <= 20e6, n_bytes  # the issue's ≤ 20 MB for a committed rectifier
+    assert n_bytes <= 20e6, n_bytes  # ≤ 20 MB for a committed rectifier
     assert len(r.layers) == 24
 
 

@@ -1,5 +1,5 @@
 #!/bin/bash
-# λ_L1 search for the four light->dark edits (session 15): edits damage the regions the true
+# λ_L1 search for the four light->dark edits: edits damage the regions the true
 # target keeps (test preserve MAE 0.019-0.024 vs 0.012 for a plain reconstruction at S = 6),
 # and that is most of their gt MAE. Each variant at its chosen lr, λ_L1 ∈ {1, 3} (0.3 = the
 # released runs), then dev-pair scores at S = 6 (and 40) as in runs/lrsearch13500/eval.sh.

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Score matching + rectifier with the rectifier told the generation move (S_train grid, the
-# library since session 15) vs the S_for grid's move (sm_oldstep.py): lr and seed checks,
+# library's trainer now) vs the S_for grid's move (sm_oldstep.py): lr and seed checks,
 # then dev-pair scores at S = 6 and 40. sm-strain = the new code at lr 3e-4, seed 0.
 set -e
 H=.venv/bin/hifiedit; W=runs/stepcond; R=runs/rerelease/edits

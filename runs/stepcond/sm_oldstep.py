@@ -1,4 +1,4 @@
-"""Score matching + rectifier as released before session 15 (the rectifier told the S_for
+"""Score matching + rectifier as released before the generation-move change (the rectifier told the S_for
 grid's move at the sampled level), for the seed comparison in runs/stepcond/README.md.
     python runs/stepcond/sm_oldstep.py OUT LR SEED"""
 import json, sys

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import torch
 
-from hifiedit.diffusion.backbone import DEFAULT_BASE, MODELS_DIR, Backbone, load_backbone
+from hifiedit.diffusion.backbone import Backbone, load_backbone
 from hifiedit.diffusion.ddim import DDIMConventions, Inversion, Trajectory, generate, invert
 from hifiedit.errors import HifieditError
-
-# The shipped rectifier for each inversion: a rectifier corrects the chain its inversion
-# starts, and on the other inversion's chain it costs fidelity (docs/results.md).
-DEFAULT_RECTIFIERS = {"ddim": "openmoji32-rectifier", "fixed-point": "openmoji32-rectifier-fp"}
-DEFAULT_RECTIFIER = DEFAULT_RECTIFIERS["ddim"]
+from hifiedit.rectifier import (  # noqa: F401  (the pipeline's names for them)
+    DEFAULT_RECTIFIER,
+    DEFAULT_RECTIFIERS,
+    load_rectifier,
+    resolve_rectifier_path,
+)
 
 
 def as_inversion(inversion: "Inversion | str | None") -> Inversion:
@@ -31,29 +32,6 @@ def as_inversion(inversion: "Inversion | str | None") -> Inversion:
     if isinstance(inversion, Inversion):
         return inversion
     return Inversion() if inversion is None else Inversion(str(inversion))
-
-
-def resolve_rectifier_path(name_or_path: str | Path | None,
-                           inversion: "Inversion | str | None" = None) -> Path | None:
-    """A rectifier folder: an existing path, a shipped name, "default" (the shipped one for
-    ``inversion``; None if not shipped), or None/"none" for no rectifier."""
-    if name_or_path in (None, "none"):
-        return None
-    path = Path(name_or_path)
-    if path.exists():
-        return path
-    default = DEFAULT_RECTIFIERS[as_inversion(inversion).method]
-    named = MODELS_DIR / (default if str(name_or_path) == "default" else str(name_or_path))
-    if named.exists():
-        return named
-    if str(name_or_path) == "default":
-        return None
-    raise HifieditError(f"No rectifier {str(name_or_path)!r}: neither a folder nor a shipped model.")
-
-
-def _is_default_base(backbone: Backbone) -> bool:
-    return backbone.path is not None and \
-        Path(backbone.path).resolve() == (MODELS_DIR / DEFAULT_BASE).resolve()
 
 
 @dataclass
@@ -73,15 +51,8 @@ class HifiEditPipeline:
         trajectories, if the base is the shipped one and such a rectifier ships."""
         inversion = as_inversion(inversion)
         backbone = load_backbone(base, device=device)
-        rect = None
-        if str(rectifier) == "default" and not _is_default_base(backbone):
-            rectifier = None  # the shipped rectifier belongs to the shipped base model only
-        rect_path = resolve_rectifier_path(rectifier, inversion)
-        if rect_path is not None:
-            from hifiedit.rectifier import Rectifier
-
-            rect = Rectifier.load_frozen(rect_path, backbone.unet)
-        return cls(backbone, rect, inversion=inversion)
+        return cls(backbone, load_rectifier(rectifier, backbone, inversion=inversion)[0],
+                   inversion=inversion)
 
     @property
     def image_size(self) -> int:
@@ -182,8 +153,8 @@ class HifiEditPipeline:
     def translate(self, x: torch.Tensor, edits=(), t0: int | None = None, steps: int = 40,
                   repeats: int = 1, generator: torch.Generator | None = None,
                   progress: bool = False) -> torch.Tensor:
-        """Image-to-image translation from an unseen domain (DESIGN §1, "Inference"; issue 5
-        item 6): a stochastic forward q(x_t0 | x) to t0, then `steps` DDIM steps into the trained
+        """Image-to-image translation from an unseen domain (DESIGN §1, "Inference"; the
+        paper's applications): a stochastic forward q(x_t0 | x) to t0, then `steps` DDIM steps into the trained
         domain, with θ or with the mixed ψ of `edits`. Repeated `repeats` times as DiffusionCLIP
         does, each round re-noising the previous round's output. No rectifier: it would pull
         every step back towards the out-of-domain input, which is what translation discards.

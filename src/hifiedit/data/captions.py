@@ -1,4 +1,4 @@
-"""Caption variants for OpenMoji glyphs, built from their names and attributes (issue 3).
+"""Caption variants for OpenMoji glyphs, built from their names and attributes.
 
 Our own CLIP learns text from these captions only, so they must say the two things edits are
 about (skin tone, man/woman/person) in more than one way: the CLDR form "thumbs up: dark skin

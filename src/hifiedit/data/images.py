@@ -59,6 +59,12 @@ def _to_rgb(img):
     return img.convert("RGB")
 
 
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[-1, 1] tensor (N×C×H×W or C×H×W) → uint8 array (N×H×W×C or H×W×C)."""
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.movedim(-3, -1).numpy()
+
+
 def check_output_path(path: Path | str, force: bool = False) -> Path:
     """Refuse to overwrite without `force`, and refuse formats we cannot write, *before* any
     expensive work runs."""
@@ -76,8 +82,6 @@ def check_output_path(path: Path | str, force: bool = False) -> Path:
 def save_image(x: torch.Tensor, path: Path | str, force: bool = False) -> Path:
     """Write a (3, H, W) or (1, 3, H, W) tensor in [-1, 1] atomically (temp file + rename)."""
     from PIL import Image
-
-    from hifiedit.eval.grids import to_uint8
 
     path = check_output_path(path, force)
     arr = to_uint8(x[0] if x.ndim == 4 else x)

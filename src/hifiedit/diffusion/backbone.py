@@ -22,10 +22,9 @@ import torch
 
 from hifiedit.diffusion.schedule import alphas_cumprod_from_config
 from hifiedit.errors import HifieditError
+from hifiedit.models import MODELS_DIR, default_name, portable_name, resolve
 
-# Models this package trains and ships, by name (see src/hifiedit/assets/models/*/README.md).
-MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
-DEFAULT_BASE = "openmoji32-ddpm"
+DEFAULT_BASE = default_name("base")
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _PREDICTIONS = ("epsilon", "v_prediction", "sample")
 
@@ -68,19 +67,7 @@ class Backbone:
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
-    path = Path(name_or_path)
-    if path.exists():
-        return path
-    named = MODELS_DIR / str(name_or_path)
-    if str(name_or_path) == "default":
-        named = MODELS_DIR / DEFAULT_BASE
-    if named.exists():
-        return named
-    shipped = sorted(p.name for p in MODELS_DIR.iterdir()) if MODELS_DIR.is_dir() else []
-    raise HifieditError(
-        f"No model folder {str(name_or_path)!r}: it is neither an existing path nor a model "
-        f"shipped with hifiedit (shipped: {', '.join(shipped) or 'none'})."
-    )
+    return resolve(name_or_path, "base")
 
 
 def _find_parts(path: Path) -> tuple[Path, Path]:
@@ -105,18 +92,6 @@ def _find_parts(path: Path) -> tuple[Path, Path]:
             "(or 'scheduler_config.json' beside the U-Net config)."
         )
     return unet_dir, scheduler
-
-
-def portable_name(path: str | Path) -> str:
-    """How configs record a model folder: a model shipped with hifiedit by its name (it is found
-    again on any installation), any other folder by its path."""
-    path = Path(path)
-    try:
-        if path.resolve().parent == MODELS_DIR.resolve():
-            return path.name
-    except OSError:
-        pass
-    return str(path)
 
 
 def load_backbone(

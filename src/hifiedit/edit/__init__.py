@@ -1,4 +1,4 @@
-"""Edit parameters ψ and trained edits (DESIGN §1, "Editing training"; issue 5)."""
+"""Edit parameters ψ and trained edits (DESIGN §1, "Editing training")."""
 
 from hifiedit.edit.params import (
     Edit,

@@ -1,8 +1,8 @@
-"""`hifiedit bench`: time per DDIM generation step, plain vs rectified (issue 4, "Speed").
+"""`hifiedit bench`: time per DDIM generation step, plain vs rectified.
 
 A rectified step needs a base pass (for P_t), the rectifier, and a modulated pass at the same
 (x_t, t) (DESIGN §1), so ≈ 2× a plain step is the floor of a straight implementation; the
-issue's budget is ≤ 2.5× at batch 16. Each step is timed through ``generate``'s callback, i.e.
+design budget is ≤ 2.5× at batch 16. Each step is timed through ``generate``'s callback, i.e.
 exactly what a user's chain pays, ε-function and DDIM update included; the median over steps
 (after one warm-up chain) is reported. Timing does not depend on the weights, so without a
 trained rectifier a freshly initialised one is timed, and the report says so.
@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from hifiedit.errors import HifieditError
+from hifiedit.models import portable_name
 from hifiedit.runtime import machine_description, write_text_atomic
 
 
@@ -42,12 +43,11 @@ def step_times_ms(eps_fn, x_t0: torch.Tensor, timesteps, alphas_cumprod, repeats
 
 def _rectifier(backbone, name: str | None):
     """(rectifier, description): a trained one when available, else a fresh (zero) one."""
-    from hifiedit.pipeline import resolve_rectifier_path
-    from hifiedit.rectifier import Rectifier
+    from hifiedit.rectifier import Rectifier, load_rectifier
 
-    path = resolve_rectifier_path(name)
-    if path is not None:
-        return Rectifier.load_frozen(path, backbone.unet), str(path)
+    rectifier, what = load_rectifier(name, backbone)
+    if rectifier is not None:
+        return rectifier, what
     fresh = Rectifier.for_unet(backbone.unet).eval().requires_grad_(False)
     return fresh, ("freshly initialised (no trained rectifier given or shipped); step time "
                    "does not depend on the weights")
@@ -83,7 +83,7 @@ def run_bench(model: str = "default", rectifier: str | None = "default", batches
         "step_ms": step_ms,
         "ratio": {k: round(step_ms["rectified"][k] / step_ms["ddim"][k], 3) for k in step_ms["ddim"]},
         "machine": machine_description(),
-        "model": str(backbone.path or model),
+        "model": portable_name(backbone.path or model),
         "image_size": size,
         "rectifier": rect_desc,
         "rectifier_params": sum(p.numel() for p in rect.parameters()),

@@ -1,4 +1,4 @@
-"""`hifiedit eval clip`: does a CLIP see what our edits change? (issue 3, item 5)
+"""`hifiedit eval clip`: does a CLIP see what our edits change?
 
 All scores are zero-shot on the OpenMoji split (the test split's bases never appear in
 training, so they measure generalisation to unseen glyphs):
@@ -37,6 +37,9 @@ from pathlib import Path
 import torch
 
 from hifiedit.errors import HifieditError
+from hifiedit.guidance.clip import image_embeddings
+from hifiedit.guidance.losses import ensemble_text_embeddings
+from hifiedit.models import portable_name
 from hifiedit.runtime import machine_description, write_text_atomic
 
 GENDERS = ("man", "woman", "person")
@@ -80,21 +83,8 @@ def gender_visibility(data, records, candidates: list[list[str]]) -> tuple[list[
     return pixels, (groups / len(records) if records else None)
 
 
-@torch.no_grad()
-def _image_embeddings(clip, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    return torch.cat([clip.encode_images(b).float().cpu() for b in images.split(batch_size)])
-
-
-def _ensemble(clip, names: list[str]) -> torch.Tensor:
-    from hifiedit.guidance.losses import text_embedding
-
-    unique = list(dict.fromkeys(names))
-    table = {n: text_embedding(clip, n).float().cpu() for n in unique}
-    return torch.stack([table[n] for n in names])
-
-
 def clip_metrics(clip, data, split: str = "test") -> dict:
-    """The issue's figures for one CLIP (`Clip`) on one split of an `OpenMojiSet`."""
+    """The zero-shot figures for one CLIP (`Clip`) on one split of an `OpenMojiSet`."""
     from hifiedit.data.captions import tone_phrases, toned_bases, with_gender, with_tone
     from hifiedit.data.openmoji import SKIN_TONES, edit_pairs
     from hifiedit.guidance.losses import s_dir, text_direction
@@ -104,13 +94,13 @@ def clip_metrics(clip, data, split: str = "test") -> dict:
         raise HifieditError(f"No images in split {split!r}.")
     records = [data.records[i] for i in idx]
     row = {r.index: k for k, r in enumerate(records)}
-    emb = _image_embeddings(clip, data.tensor(split))
+    emb = image_embeddings(clip, data.tensor(split))
 
     def correct(candidates: list[list[str]], labels: list[int], rows: list[int]):
         if not rows:
             return torch.zeros(0)
         flat = [n for c in candidates for n in c]
-        text = _ensemble(clip, flat).view(len(candidates), len(candidates[0]), -1)
+        text = ensemble_text_embeddings(clip, flat).view(len(candidates), len(candidates[0]), -1)
         scores = torch.einsum("nd,ncd->nc", emb[rows], text)
         return (scores.argmax(1) == torch.tensor(labels)).float()
 
@@ -146,7 +136,7 @@ def clip_metrics(clip, data, split: str = "test") -> dict:
 
     # Retrieval: every name against every image of the split.
     names = [r.name for r in records]
-    sims = _ensemble(clip, names) @ emb.T
+    sims = ensemble_text_embeddings(clip, names) @ emb.T
     top = sims.topk(min(5, len(records)), dim=1).indices
     hits = torch.tensor([[names[j] == names[q] for j in top[q].tolist()]
                          for q in range(len(records))])
@@ -182,9 +172,8 @@ def direction_alignment(clip, data, split: str, src: str, tgt: str, max_pairs: i
     and `gradient_agreement` (share of pairs with a positive cosine)."""
     import torch.nn.functional as F
 
-    from hifiedit.eval.edit_eval import edit_attributes, select_images
+    from hifiedit.data.attributes import edit_attributes, has_attribute, select_images, source_attribute
     from hifiedit.guidance.losses import text_direction
-    from hifiedit.train.edit import _has, source_attribute
 
     groups = []
     for text in (src, tgt):
@@ -193,12 +182,12 @@ def direction_alignment(clip, data, split: str, src: str, tgt: str, max_pairs: i
         except HifieditError as e:
             raise HifieditError(f"--direction {src!r} {tgt!r}: {text!r} names no skin tone, "
                                 "man/woman/person or facial expression of the data.") from e
-        idx = [i for i in data.indices(split) if _has(data.records[i], field, value)]
+        idx = [i for i in data.indices(split) if has_attribute(data.records[i], field, value)]
         if not idx:
             raise HifieditError(f"--direction: no {split}-split glyph has {field} = {value!r} "
                                 f"(from {text!r}).")
         groups.append(idx)
-    mean_src, mean_tgt = (_image_embeddings(clip, data.tensor_at(idx)).mean(0) for idx in groups)
+    mean_src, mean_tgt = (image_embeddings(clip, data.tensor_at(idx)).mean(0) for idx in groups)
     image_direction = F.normalize(mean_tgt - mean_src, dim=-1)
     direction = text_direction(clip, src, tgt).float()
     report = {"src": src, "tgt": tgt, "cos": (image_direction @ direction.cpu()).item(),
@@ -251,7 +240,7 @@ def run_clip_eval(model: str = "default", split: str = "test", json_path: Path |
             raise HifieditError(f"Cannot create {json_path.parent}: {e.strerror or e}.") from e
     clip = clip or load_clip(model, allow_judge=True)  # evaluation may read the judge
     data = data or load_openmoji(image_size)
-    report = {"model": str(model), "path": clip.path, "role": clip.role, "split": split,
+    report = {"model": portable_name(model), "path": portable_name(clip.path), "role": clip.role, "split": split,
               "image_size": int(data.images.shape[1]),
               **clip_metrics(clip, data, split), "machine": machine_description()}
     if directions:

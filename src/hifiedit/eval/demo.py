@@ -11,24 +11,23 @@ from pathlib import Path
 
 from hifiedit.eval.recon import DEFAULT_METHODS, ReconConfig, format_table, run_recon_eval
 
-# Shipped edits the demo applies, when present (issue 5's default edits).
+# Shipped edits the demo applies, when present (the default domain's edits).
 DEMO_EDITS = ("light-to-dark", "dark-to-light", "man-to-woman", "neutral-to-smiling")
 
 
 def shipped_demo_edits() -> list[str]:
-    from hifiedit.diffusion.backbone import MODELS_DIR
-    from hifiedit.edit.params import WEIGHTS_NAME
+    from hifiedit.models import is_shipped
 
-    return [e for e in DEMO_EDITS if (MODELS_DIR / e / WEIGHTS_NAME).is_file()]
+    return [e for e in DEMO_EDITS if is_shipped(e, "edit")]
 
 
 def run_demo(out: Path, model: str = "default", n_images: int = 8, force: bool = False) -> str:
     """Write reconstructions.png + metrics.json (and edits.png + edits.json) under `out`;
     return the printed summary."""
-    from hifiedit.pipeline import resolve_rectifier_path
+    from hifiedit.models import is_shipped
 
     out = Path(out)
-    rectify = model == "default" and resolve_rectifier_path("default") is not None
+    rectify = model == "default" and is_shipped("default", "rectifier")
     methods = ("ddim", "rectified", "sdedit") if rectify else DEFAULT_METHODS
     config = ReconConfig(model=model, steps=(6, 40), limit=n_images, grid_images=n_images,
                          methods=methods)
@@ -51,11 +50,6 @@ def run_demo(out: Path, model: str = "default", n_images: int = 8, force: bool =
 
 
 def _judge_ships() -> bool:
-    from hifiedit.errors import HifieditError
-    from hifiedit.guidance.clip import resolve_clip_path
+    from hifiedit.models import is_shipped
 
-    try:
-        resolve_clip_path("judge", allow_judge=True)
-    except HifieditError:
-        return False
-    return True
+    return is_shipped("judge", "clip")

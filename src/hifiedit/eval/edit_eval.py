@@ -1,4 +1,4 @@
-"""`hifiedit eval edit`: trained edits measured against the true edit (DESIGN §3; issue 5 item 4).
+"""`hifiedit eval edit`: trained edits measured against the true edit (DESIGN §3).
 
 One row per (edit, S_gen). Images: the split's sources that carry the edit's source attribute
 and have a *true* target (OpenMoji skin-tone and man ↔ woman pairs, :func:`edit_pairs`), or,
@@ -48,12 +48,11 @@ from pathlib import Path
 
 import torch
 
+from hifiedit.data.attributes import EditAttributes, edit_attributes, select_images
 from hifiedit.errors import HifieditError
 from hifiedit.runtime import machine_description, write_text_atomic
 
 PRESERVE_THRESHOLD = 0.05
-# Attribute kinds for which `edit_pairs` knows the true edited image.
-GROUND_TRUTH_KINDS = ("skin_tone", "gender")
 
 
 @dataclass(frozen=True)
@@ -88,57 +87,6 @@ class EditEvalConfig:
 # --------------------------------------------------------------------------- what an edit asks
 
 
-@dataclass(frozen=True)
-class EditAttributes:
-    """What an edit's texts name in the data: the source attribute (field, value), the target
-    value when the target text names the same field, and the pair kind with a true answer."""
-
-    src: str
-    tgt: str
-    field: str
-    source: str
-    target: str | None
-    ground_truth: str | None  # "skin_tone" | "gender" | None
-
-
-def edit_attributes(src: str, tgt: str) -> EditAttributes:
-    """Map the edit's texts to the attributes of `EditPair`: "light skin tone" → skin_tone
-    light, "dark skin tone" → dark, "man"/"woman" → gender."""
-    from hifiedit.train.edit import source_attribute
-
-    field, source = source_attribute(src)
-    try:
-        tgt_field, target = source_attribute(tgt)
-    except HifieditError:
-        tgt_field, target = None, None
-    if tgt_field != field or target == source:
-        target = None
-    truth = field if target is not None and field in GROUND_TRUTH_KINDS else None
-    if field == "gender" and not {source, target} <= {"man", "woman"}:
-        truth = None  # edit_pairs only pairs man ↔ woman
-    return EditAttributes(src, tgt, field, source, target, truth)
-
-
-def select_images(data, split: str, attrs: EditAttributes,
-                  limit: int | None = None) -> list[tuple[int, int | None]]:
-    """(source index, true-target index or None) for the images an edit is measured on."""
-    from hifiedit.data.openmoji import edit_pairs
-    from hifiedit.train.edit import _has
-
-    records = [data.records[i] for i in data.indices(split)]
-    if attrs.ground_truth:
-        chosen = sorted((p.source, p.target) for p in edit_pairs(records)
-                        if p.kind == attrs.ground_truth and p.source_attr == attrs.source
-                        and p.target_attr == attrs.target)
-    else:
-        chosen = [(r.index, None) for r in records if _has(r, attrs.field, attrs.source)]
-    if not chosen:
-        what = (f"{attrs.ground_truth} pair {attrs.source} → {attrs.target}" if attrs.ground_truth
-                else f"image with {attrs.field} = {attrs.source!r}")
-        raise HifieditError(f"no {split}-split {what} to evaluate {attrs.src!r} → {attrs.tgt!r} on.")
-    return chosen[:limit] if limit else chosen
-
-
 def attribute_names(record, attrs: EditAttributes) -> tuple[str, str]:
     """(source name, target name) of one glyph for the judge's verdict: its own name with the
     attribute set to the source and to the target value; the edit's texts when the target
@@ -154,7 +102,7 @@ def attribute_names(record, attrs: EditAttributes) -> tuple[str, str]:
         return tuple(with_gender(record.tone_base, v) + suffix for v in (attrs.source, attrs.target))
     words = record.name.split(" ")  # expression: swap the word in the glyph's name
     if attrs.source not in words:
-        # "neutral" stands for every face without a smile (train.edit._has); "fearful face"
+        # "neutral" stands for every face without a smile (has_attribute); "fearful face"
         # has no word to swap (its two names would be equal), so the edit's texts decide.
         return attrs.src, attrs.tgt
     return tuple(" ".join(v if w == attrs.source else w for w in words)
@@ -210,13 +158,13 @@ def judge_scores(judge, edited: torch.Tensor, src_emb: torch.Tensor, records,
                  attrs: EditAttributes) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image S_dir along the edit's text direction and the judge's verdict (1 = the
     edited image is closer to its target name than to its source name)."""
-    from hifiedit.eval.clip_eval import _ensemble, _image_embeddings
-    from hifiedit.guidance.losses import s_dir, text_direction
+    from hifiedit.guidance.clip import image_embeddings
+    from hifiedit.guidance.losses import ensemble_text_embeddings, s_dir, text_direction
 
-    emb = _image_embeddings(judge, edited)
+    emb = image_embeddings(judge, edited)
     direction = text_direction(judge, attrs.src, attrs.tgt).float().cpu()
     names = [n for r in records for n in attribute_names(r, attrs)]
-    text = _ensemble(judge, names).view(len(records), 2, -1)
+    text = ensemble_text_embeddings(judge, names).view(len(records), 2, -1)
     scores = torch.einsum("nd,ncd->nc", emb, text)
     return s_dir(emb, src_emb, direction), (scores[:, 1] > scores[:, 0]).float()
 
@@ -257,7 +205,7 @@ class _Rectifiers:
 
     def for_edit(self, edit):
         """(rectifier, its portable name) for one edit, or (None, None) for a plain edit."""
-        from hifiedit.pipeline import resolve_rectifier_path
+        from hifiedit.rectifier import resolve_rectifier_path
 
         if not edit.rectified or self.override == "none":
             return None, None
@@ -275,7 +223,7 @@ class _Rectifiers:
         return self.load(path)
 
     def load(self, path):
-        from hifiedit.diffusion.backbone import portable_name
+        from hifiedit.models import portable_name
 
         key = str(Path(path).resolve())
         if key not in self.loaded:
@@ -287,14 +235,14 @@ class _Rectifiers:
 
 def _block(data, config: EditEvalConfig, attrs: EditAttributes, judge) -> dict:
     """The images one (src, tgt) pair of texts is measured on, with what every score needs."""
-    from hifiedit.eval.clip_eval import _image_embeddings
+    from hifiedit.guidance.clip import image_embeddings
 
     chosen = select_images(data, config.split, attrs, config.limit)
     sources = data.tensor_at([s for s, _ in chosen])
     targets = data.tensor_at([t for _, t in chosen]) if attrs.ground_truth else None
     return {"attrs": attrs, "sources": sources, "targets": targets,
             "records": [data.records[s] for s, _ in chosen],
-            "src_emb": _image_embeddings(judge, sources),
+            "src_emb": image_embeddings(judge, sources),
             "mask": preserve_mask(sources, targets) if targets is not None else None, "rows": {}}
 
 
@@ -340,8 +288,9 @@ def run_edit_eval(config: EditEvalConfig, json_path: Path | None = None,
     grid. `backbone` and `data` (an `OpenMojiSet`) override loading them."""
     from tqdm import tqdm
 
-    from hifiedit.diffusion.backbone import load_backbone, portable_name
+    from hifiedit.diffusion.backbone import load_backbone
     from hifiedit.edit import load_edit
+    from hifiedit.models import portable_name
     from hifiedit.eval.recon import _check_outputs
     from hifiedit.pipeline import HifiEditPipeline
 
@@ -399,12 +348,12 @@ def run_edit_eval(config: EditEvalConfig, json_path: Path | None = None,
             references += _reference_rows(block, config, HifiEditPipeline(backbone, rect),
                                           rect_path, judge)
 
-    report = {"model": str(config.model), "split": config.split, "judge": portable_name(judge.path),
+    report = {"model": portable_name(config.model), "split": config.split, "judge": portable_name(judge.path),
               "preserve_threshold": PRESERVE_THRESHOLD, "machine": machine_description(),
               "rows": rows, "references": references}
     if grid_path is not None:
         save_edit_grid(list(blocks.values()), grid_path, config.grid_images)
-        report["grid"] = str(grid_path)
+        report["grid"] = portable_name(grid_path)
     if json_path is not None:
         write_text_atomic(json_path, json.dumps(report, indent=1) + "\n")
     return report

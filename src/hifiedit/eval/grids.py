@@ -8,11 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[-1, 1] tensor (N×C×H×W or C×H×W) → uint8 array (N×H×W×C or H×W×C)."""
-    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.movedim(-3, -1).numpy()
+from hifiedit.data.images import to_uint8
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 1, scale: int = 1):

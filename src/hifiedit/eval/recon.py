@@ -1,12 +1,12 @@
 """`hifiedit eval recon`: how faithfully the base model reconstructs held-out images.
 
-Methods (DESIGN §3, issue "Foundation" item 7):
+Methods (DESIGN §3):
   ddim   — deterministic inversion to t0 (S_for steps) then generation (S steps). Reconstructs
            well even with a poor model, so it checks the sampler more than the model.
   sdedit — stochastic forward to t0 (seeded Gaussian noise), then S DDIM steps: how well the
            model *generates* from a half-noised image, which editing and translation lean on.
   rectified — DDIM inversion with θ as for ddim, then generation with the rectifier modulating
-           every step towards the original (DESIGN §1, "Rectifier"; issue 4). With "ddim" in
+           every step towards the original (DESIGN §1, "Rectifier"). With "ddim" in
            the same run, the report also gets the paper's Figure-1 analog next to the JSON: PSNR
            vs steps for every method (``*_psnr.png``) and a grid original | DDIM@6 |
            rectified@6 | DDIM@40 | rectified@40 (``*_grid.png``).
@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from hifiedit.errors import HifieditError
+from hifiedit.models import portable_name
 from hifiedit.runtime import machine_description, resolve_device, write_text_atomic
 
 METHODS = ("ddim", "sdedit", "rectified", "rectified-other", "rectified-grey")
@@ -144,19 +145,13 @@ def figure_paths(json_path: Path | None, methods) -> tuple[Path | None, Path | N
 
 def load_rectifier(name: str, backbone, inversion=None):
     """A frozen rectifier for ``backbone`` by folder or shipped name ("default": the shipped one
-    for ``inversion``), and how reports name it (a shipped one by its name, as edit configs
-    do: no machine's path in a committed report)."""
-    from hifiedit.diffusion.backbone import portable_name
-    from hifiedit.pipeline import resolve_rectifier_path
-    from hifiedit.rectifier import Rectifier
+    for ``inversion``), and how reports name it (:func:`hifiedit.models.portable_name`)."""
+    from hifiedit.rectifier import load_rectifier as load
 
-    path = resolve_rectifier_path(name, inversion)
-    if path is None:
-        kind = f" for {inversion.method} inversion" if inversion is not None else ""
-        raise HifieditError(f"the rectified methods need a rectifier and none is shipped{kind}: "
-                            "train one with `hifiedit train rectifier --out DIR`, then pass "
-                            "--rectifier DIR/rectifier.")
-    return Rectifier.load_frozen(path, backbone.unet), portable_name(path)
+    kind = f" for {inversion.method} inversion" if inversion is not None else ""
+    return load(name, backbone, inversion=inversion, missing=(
+        f"the rectified methods need a rectifier and none is shipped{kind}: train one with "
+        "`hifiedit train rectifier --out DIR`, then pass --rectifier DIR/rectifier."))
 
 
 def reusable_rows(path: Path, config: ReconConfig, n_images: int) -> dict:
@@ -167,7 +162,7 @@ def reusable_rows(path: Path, config: ReconConfig, n_images: int) -> dict:
         old = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise HifieditError(f"Cannot read --reuse {path}: {e}.") from e
-    mine = {"model": str(config.model), "split": config.split, "t0": config.t0,
+    mine = {"model": portable_name(config.model), "split": config.split, "t0": config.t0,
             "seed": config.seed, "n_images": n_images}
     differ = {k: (old.get(k), v) for k, v in mine.items() if old.get(k) != v}
     if differ:
@@ -266,14 +261,14 @@ def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
         rows.append(row)
         firsts[(method, inv_name, steps)] = first[: config.grid_images].cpu()
 
-    report = {"model": str(config.model), "split": config.split, "t0": config.t0,
+    report = {"model": portable_name(config.model), "split": config.split, "t0": config.t0,
               "n_images": len(images), "seed": config.seed, "machine": machine_description(),
               "rows": rows}
     checks = conditioning(per_image)
     if checks:
         report["conditioning"] = checks
     if reused:
-        report["reused_rows_from"] = str(reuse)
+        report["reused_rows_from"] = portable_name(reuse)
     originals = images[: config.grid_images].cpu()
     if grid_path is not None:
         from hifiedit.eval.grids import save_grid
@@ -284,12 +279,12 @@ def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
         save_grid(torch.cat(grid_rows), grid_path, nrow=len(originals), scale=3, row_labels=labels)
     if plot_path is not None:
         plot_psnr_vs_steps(report, plot_path)
-        report["plot"] = str(plot_path)
+        report["plot"] = portable_name(plot_path)
     if compare_path is not None:
         first_inv = config.inversion_specs()[0].describe()
         save_comparison_grid(originals, {(m, s): v for (m, i, s), v in firsts.items()
                                          if i == first_inv}, config.steps, compare_path)
-        report["comparison_grid"] = str(compare_path)
+        report["comparison_grid"] = portable_name(compare_path)
     if json_path is not None:
         write_text_atomic(json_path, json.dumps(report, indent=1) + "\n")
     return report
@@ -313,7 +308,8 @@ def conditioning(per_image: dict) -> list[dict]:
 
 
 def comparison_steps(steps) -> tuple[int, int]:
-    """The issue's columns are @6 and @40; other step lists use their smallest and largest."""
+    """The few- and many-step columns are @6 and @40; other step lists use their smallest and
+    largest."""
     high = 40 if 40 in steps else max(steps)
     low = 6 if 6 in steps and 6 < high else min(steps)
     return low, high

@@ -1,15 +1,17 @@
-"""CLIP guidance (DESIGN §1, issue 3): loading a local CLIP, differentiable preprocessing,
+"""CLIP guidance (DESIGN §1): loading a local CLIP, differentiable preprocessing,
 directional / global CLIP losses and the S_dir metric."""
 
-from hifiedit.guidance.clip import Clip, load_clip, preprocess_images
+from hifiedit.guidance.clip import Clip, image_embeddings, load_clip, preprocess_images
 from hifiedit.guidance.losses import (
     EMOJI_TEMPLATES,
     directional_loss,
+    ensemble_text_embeddings,
     global_clip_loss,
     s_dir,
     text_direction,
     text_embedding,
 )
 
-__all__ = ["Clip", "load_clip", "preprocess_images", "EMOJI_TEMPLATES", "directional_loss",
-           "global_clip_loss", "s_dir", "text_direction", "text_embedding"]
+__all__ = ["Clip", "image_embeddings", "load_clip", "preprocess_images", "EMOJI_TEMPLATES",
+           "directional_loss", "ensemble_text_embeddings", "global_clip_loss", "s_dir",
+           "text_direction", "text_embedding"]

@@ -1,6 +1,6 @@
 """Loading a CLIP model from a local folder, and encoding [-1, 1] images and texts with it.
 
-One code path serves every CLIP (issue 3): a user's snapshot of `openai/clip-vit-base-patch16`
+One code path serves every CLIP: a user's snapshot of `openai/clip-vit-base-patch16`
 (the model DiffusionCLIP and the paper guide with) and the small OpenMoji CLIPs this package
 trains are all Hugging Face `CLIPModel` folders, read with `local_files_only=True`.
 
@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from hifiedit.errors import HifieditError
+from hifiedit.models import ALIASES, MODELS_DIR, resolve  # noqa: F401
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
 # Names `load_clip` accepts besides a path; trained by `hifiedit train clip` (see the configs).
-NAMED_CLIPS = {"default": "openmoji32-clip", "judge": "openmoji32-judge"}
+NAMED_CLIPS = ALIASES["clip"]
 # Written by our trainer next to the weights; `role: judge` marks a model that only evaluates.
 ROLE_FILE = "hifiedit_clip.json"
 # OpenAI CLIP's normalisation, used when a folder has no preprocessor_config.json.
@@ -57,7 +57,7 @@ def preprocess_images(x: torch.Tensor, image_size: int, mean: torch.Tensor, std:
     return (x - mean) / std
 
 
-def _features(output) -> torch.Tensor:
+def features(output) -> torch.Tensor:
     # transformers ≥ 5 returns a model output whose pooler_output is the projected embedding;
     # older versions return the tensor itself.
     return output if torch.is_tensor(output) else output.pooler_output
@@ -96,7 +96,7 @@ class Clip:
         """Image embeddings (N×D) of [-1, 1] images; unit length unless normalize=False."""
         dtype = next(self.model.parameters()).dtype
         pixels = self.preprocess(images.to(self.device, dtype))
-        emb = _features(self.model.get_image_features(pixel_values=pixels))
+        emb = features(self.model.get_image_features(pixel_values=pixels))
         return F.normalize(emb, dim=-1) if normalize else emb
 
     @torch.no_grad()
@@ -109,7 +109,7 @@ class Clip:
             chunk = todo[i:i + batch_size]
             tokens = self.tokenizer(chunk, padding=True, truncation=True,
                                     max_length=self.max_text_length, return_tensors="pt")
-            emb = _features(self.model.get_text_features(
+            emb = features(self.model.get_text_features(
                 input_ids=tokens["input_ids"].to(self.device),
                 attention_mask=tokens["attention_mask"].to(self.device)))
             for text, e in zip(chunk, F.normalize(emb.float(), dim=-1)):
@@ -117,30 +117,19 @@ class Clip:
         return torch.stack([self.text_cache[t] for t in texts])
 
 
+@torch.no_grad()
+def image_embeddings(clip: Clip, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """(N, D) float CPU unit image embeddings, in batches (evaluation: no graph is kept)."""
+    return torch.cat([clip.encode_images(b).float().cpu() for b in images.split(batch_size)])
+
+
 def resolve_clip_path(name_or_path: str | Path, allow_judge: bool = False) -> Path:
     """A shipped name ("default", "judge", or a model folder's name) or an existing folder →
     the folder."""
-    name = str(name_or_path)
-    if name == "judge" and not allow_judge:
+    if str(name_or_path) == "judge" and not allow_judge:
         raise HifieditError("The judge CLIP only scores edits; it cannot guide or train them "
                             "(only evaluation code may load it).")
-    if name in NAMED_CLIPS:
-        path = MODELS_DIR / NAMED_CLIPS[name]
-        if not path.is_dir():
-            raise HifieditError(
-                f"The {name!r} CLIP is not shipped in this installation ({path} is missing); "
-                f"train it with `hifiedit train clip --config configs/"
-                f"{'judge' if name == 'judge' else 'clip'}-openmoji32.json --out DIR` and pass "
-                "--model DIR/model.")
-        return path
-    path = Path(name_or_path)
-    if path.exists():
-        return path
-    shipped = MODELS_DIR / name  # a shipped model by its folder name, e.g. "openmoji32-clip"
-    if name and "/" not in name and (shipped / "config.json").is_file():
-        return shipped
-    raise HifieditError(f"No CLIP model {name!r}: it is neither a folder nor one of "
-                        f"{sorted(NAMED_CLIPS)} or a shipped model's name.")
+    return resolve(name_or_path, "clip")
 
 
 def check_clip_folder(path: Path) -> dict:

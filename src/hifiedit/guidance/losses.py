@@ -45,6 +45,14 @@ def text_embedding(clip, text: str, templates=EMOJI_TEMPLATES) -> torch.Tensor:
     return F.normalize(clip.encode_text(prompts(text, templates)).mean(0), dim=-1)
 
 
+def ensemble_text_embeddings(clip, names: list[str], templates=EMOJI_TEMPLATES) -> torch.Tensor:
+    """(N, D) float CPU prompt-ensemble embeddings of ``names`` (zero-shot classification's
+    class texts), each distinct name embedded once."""
+    unique = list(dict.fromkeys(names))
+    table = {n: text_embedding(clip, n, templates).float().cpu() for n in unique}
+    return torch.stack([table[n] for n in names])
+
+
 def text_direction(clip, source: str, target: str, templates=EMOJI_TEMPLATES) -> torch.Tensor:
     """ΔT (D,): mean over templates of E_T(target) − E_T(source), unit length (StyleGAN-NADA's
     `compute_text_direction`, which DiffusionCLIP uses)."""

@@ -2,9 +2,13 @@
 
 from hifiedit.rectifier.model import (
     MODULATED_PREFIXES,
+    DEFAULT_RECTIFIER,
+    DEFAULT_RECTIFIERS,
     Rectifier,
     RectifierConfig,
+    load_rectifier,
     modulated_layers,
+    resolve_rectifier_path,
 )
 from hifiedit.rectifier.modulate import (
     METHODS,
@@ -22,15 +26,19 @@ from hifiedit.rectifier.modulate import (
 __all__ = [
     "METHODS",
     "MODULATED_PREFIXES",
+    "DEFAULT_RECTIFIER",
+    "DEFAULT_RECTIFIERS",
     "DownPass",
     "Rectifier",
     "RectifierConfig",
+    "load_rectifier",
     "modulated_forward",
     "modulated_layers",
     "modulated_weights",
     "per_sample_convs",
     "rectified_eps",
     "rectified_eps_fn",
+    "resolve_rectifier_path",
     "split_supported",
     "unet_down",
     "unet_up",

@@ -24,6 +24,7 @@ from torch import nn
 
 from hifiedit import __version__
 from hifiedit.errors import HifieditError
+from hifiedit.models import MODELS_DIR, default_name, is_shipped, portable_name, resolve
 from hifiedit.runtime import atomic_folder
 
 CONFIG_NAME = "config.json"
@@ -48,7 +49,7 @@ def modulated_layers(unet: nn.Module) -> dict[str, tuple[int, ...]]:
 class RectifierConfig:
     # Global encoder: one diffusers ResnetBlock2D per level (the first at full resolution, each
     # next one halving it), then global average pooling. Small on purpose: the rectifier runs
-    # at every step of the chain, and the issue's budget is ≤ 2.5× a plain step at batch 16.
+    # at every step of the chain; the budget is ≤ 2.5× a plain step at batch 16.
     encoder_channels: tuple = (32, 64, 128)
     norm_groups: int = 8
     time_embed_dim: int = 128
@@ -160,7 +161,7 @@ class SeparableBranch(nn.Module):
     Initialisation (DESIGN: "last layer of every branch zero-initialised: R starts as
     identity"): only the spatial head is zeroed, so Δ = 0 exactly, while M = 1 ≠ 0 carries
     gradient into S at the first step. Zeroing both factors would make every gradient zero
-    (∂Δ/∂S = M = 0 and ∂Δ/∂M = S = 0): the trap the issue warns about.
+    (∂Δ/∂S = M = 0 and ∂Δ/∂M = S = 0), and training would never start.
     """
 
     def __init__(self, shape: tuple[int, ...], config: RectifierConfig):
@@ -283,3 +284,47 @@ class Rectifier(nn.Module):
     def load_frozen(cls, folder: str | Path, unet: nn.Module) -> "Rectifier":
         """For use beside ``unet``: checked against it, on its device, in eval mode, no grads."""
         return cls.from_pretrained(folder, unet, unet.device).eval().requires_grad_(False)
+
+
+# The shipped rectifier for each inversion: a rectifier corrects the chain its inversion
+# starts, and on the other inversion's chain it costs fidelity (docs/results.md).
+DEFAULT_RECTIFIERS = {"ddim": default_name("rectifier"), "fixed-point": "openmoji32-rectifier-fp"}
+DEFAULT_RECTIFIER = DEFAULT_RECTIFIERS["ddim"]
+
+
+def resolve_rectifier_path(name_or_path: str | Path | None, inversion=None) -> Path | None:
+    """A rectifier folder: an existing path, a shipped name, "default" (the shipped one for
+    ``inversion``, an `Inversion` or its method name; None when this installation ships none),
+    or None/"none" for no rectifier."""
+    if name_or_path is None or str(name_or_path) == "none":
+        return None
+    if str(name_or_path) == "default":
+        method = getattr(inversion, "method", inversion) or "ddim"
+        name = DEFAULT_RECTIFIERS[str(method)]
+        return resolve(name, "rectifier") if is_shipped(name, "rectifier") else None
+    return resolve(name_or_path, "rectifier")
+
+
+def _is_default_base(backbone) -> bool:
+    base = MODELS_DIR / default_name("base")
+    return getattr(backbone, "path", None) is not None and Path(backbone.path).resolve() == base.resolve()
+
+
+def load_rectifier(name_or_path: str | Path | None, backbone, missing: str | None = None,
+                   inversion=None) -> tuple[Rectifier | None, str | None]:
+    """A frozen rectifier beside ``backbone`` (checked against its U-Net, on its device) and the
+    name reports give it (:func:`hifiedit.models.portable_name`).
+
+    None or "none": no rectifier. "default": the shipped rectifier, for the shipped base model
+    only (the one for ``inversion``): it was trained on that base's trajectories and modulates
+    its layers, so for any other base "default" means none. When the name gives no rectifier, ``missing`` (if given) is
+    raised as the error; otherwise the result is (None, None)."""
+    wanted = name_or_path is not None and str(name_or_path) != "none"
+    if str(name_or_path) == "default" and not _is_default_base(backbone):
+        name_or_path = None
+    path = resolve_rectifier_path(name_or_path, inversion)
+    if path is None:
+        if missing is not None and wanted:
+            raise HifieditError(missing)
+        return None, None
+    return Rectifier.load_frozen(path, backbone.unet), portable_name(path)

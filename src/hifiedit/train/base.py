@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from hifiedit.weights import check_model_state
+from hifiedit.models import portable_name
 from hifiedit.runtime import atomic_folder, machine_description, resolve_device
 from hifiedit.train.checkpoint import (
     load_checkpoint,
@@ -334,5 +335,5 @@ def train_base(
     if step % config.checkpoint_every != 0:
         checkpoint()
     return {"step": step, "wall_seconds": wall, "n_params": n_params,
-            "stopped_early": stopped_early, "out": str(out)}
+            "stopped_early": stopped_early, "out": portable_name(out)}
 

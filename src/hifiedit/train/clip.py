@@ -1,4 +1,4 @@
-"""Training our own CLIP for OpenMoji (issue 3): a guide for edits, or an independent judge.
+"""Training our own CLIP for OpenMoji: a guide for edits, or an independent judge.
 
 No CLIP can be downloaded here, so the embedded domain gets one of its own: a small Hugging
 Face `CLIPModel` (so the guidance loader treats it exactly like a user's ViT-B/16 folder), a
@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from hifiedit.errors import HifieditError
 from hifiedit.weights import check_model_state
+from hifiedit.models import portable_name
 from hifiedit.runtime import atomic_folder, machine_description, write_text_atomic
 from hifiedit.train.run import (
     StopFlag,
@@ -308,14 +309,14 @@ def contrastive_loss(image_emb, text_emb, logit_scale, positives):
 
 
 def clip_step_loss(model, tokenizer, images, captions, idx, mean, std, image_size):
-    from hifiedit.guidance.clip import _features, preprocess_images
+    from hifiedit.guidance.clip import features, preprocess_images
 
     tokens = tokenizer(captions, padding=True, truncation=True,
                        max_length=model.config.text_config.max_position_embeddings,
                        return_tensors="pt")
-    img = F.normalize(_features(model.get_image_features(
+    img = F.normalize(features(model.get_image_features(
         pixel_values=preprocess_images(images, image_size, mean, std))), dim=-1)
-    txt = F.normalize(_features(model.get_text_features(
+    txt = F.normalize(features(model.get_text_features(
         input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])), dim=-1)
     same = (idx[:, None] == idx[None, :]) | torch.tensor(
         [[a == b for b in captions] for a in captions])
@@ -498,6 +499,7 @@ def _train_clip(
     if step % config.checkpoint_every != 0:
         checkpoint()
     summary = {"step": step, "wall_seconds": wall, "n_params": n_params, "role": config.role,
-               "stopped_early": stopped_early, "out": str(out), "model": str(out / "model")}
+               "stopped_early": stopped_early, "out": portable_name(out),
+               "model": portable_name(out / "model")}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary

@@ -1,5 +1,5 @@
 """Edit training: the paper's score-matching style vs DiffusionCLIP's Markovian fine-tuning
-(DESIGN §1, "Editing training, score-matching style" and "Baseline: DiffusionCLIP"; issue 5).
+(DESIGN §1, "Editing training, score-matching style" and "Baseline: DiffusionCLIP").
 
 Both paradigms train the same edit parameters ψ = θ + Δ (:mod:`hifiedit.edit.params`) with
 the same loss on a clean-image estimate P̂ (:func:`edit_loss`),
@@ -26,7 +26,7 @@ and differ only in *where* P̂ comes from:
 
 Trainer guarantees as for the others (:mod:`hifiedit.train.run`): one saved
 ``torch.Generator`` makes a resumed run bit-identical; atomic safetensors checkpoints; a CSV
-log with the measured seconds per iteration (``s_per_iter``, the issue's speed criterion);
+log with the measured seconds per iteration (``s_per_iter``, the paper's efficiency claim);
 the edit exported with ``Edit.save_pretrained`` to ``OUT/edit``.
 """
 
@@ -49,8 +49,10 @@ from hifiedit.rectifier.modulate import move_sizes
 from hifiedit.runtime import machine_description, write_text_atomic
 from hifiedit.train.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
 from hifiedit.config import require
+from hifiedit.data.attributes import has_attribute, source_attribute
 from hifiedit.train.run import StopFlag, check_same_config, prepare_run_dir, torch_threads, trim_log
-from hifiedit.diffusion.backbone import model_digest, portable_name
+from hifiedit.diffusion.backbone import model_digest
+from hifiedit.models import portable_name
 from hifiedit.train.trajectories import TrajectoryCache
 
 METHODS = ("score-matching", "markovian")
@@ -80,8 +82,8 @@ class EditTrainConfig:
     # Editing interval [t_edit, t0]: ψ acts only at levels t ≥ t_edit, the base (rectified)
     # below, in training and at inference alike. 0 = every level (the paper, DiffusionCLIP).
     t_edit: int = 0
-    # Loss (DESIGN §1). Starting values: the issue's learning-rate search settles the
-    # defaults' own values; both terms on an equal footing for the two methods.
+    # Loss (DESIGN §1). Starting values: a learning-rate search on dev pairs settles each
+    # shipped edit's own values; both terms on an equal footing for the two methods.
     w_dir: float = 1.0
     w_l1: float = 0.3
     loss_form: str = "cosine"  # or DiffusionCLIP's "log"
@@ -91,7 +93,7 @@ class EditTrainConfig:
     batch_size: int = 4
     grad_clip: float = 1.0
     # ψ (EditParamsConfig): rank-8 LoRA on every weight is a 1.1 MB checkpoint for the
-    # default U-Net (issue bound: 2 MB).
+    # default U-Net (shipped edits stay ≤ 2 MB).
     param_method: str = "lora"
     rank: int = 8
     alpha: float = 8.0
@@ -131,44 +133,13 @@ class EditTrainConfig:
 # --------------------------------------------------------------------------- training images
 
 
-def source_attribute(text: str) -> tuple[str, str]:
-    """(record field, value) that the source text names: a skin tone ("light skin tone" →
-    skin_tone light), a gender ("man"), or a facial expression ("neutral"); parsed like an
-    emoji name, so the words mean what they mean in the data."""
-    from hifiedit.data.openmoji import parse_name
-
-    attrs = parse_name("_".join(text.lower().split()))
-    if attrs["skin_tone"] not in (None, "mixed"):
-        return "skin_tone", attrs["skin_tone"]
-    if attrs["gender"] not in (None, "mixed"):
-        return "gender", attrs["gender"]
-    if attrs["expression"]:
-        return "expression", attrs["expression"][0]
-    raise HifieditError(f"cannot choose default training images for the source text {text!r}: "
-                        "it names no skin tone, man/woman/person or facial expression; pass "
-                        "--image-dir DIR.")
-
-
-# OpenMoji names one glyph "neutral" (train split; none in val or test): for a "neutral" source,
-# every face glyph whose expression is not a smile counts (24 train, 1 val, 6 test images).
-SMILES = frozenset({"smiling", "grinning", "beaming", "laughing", "joy", "smirking", "winking",
-                    "kissing"})
-
-
-def _has(record, field: str, value: str) -> bool:
-    if field == "expression" and value == "neutral":
-        return ("face" in record.name.split() and bool(record.expression)
-                and not SMILES & set(record.expression))
-    return value in record.expression if field == "expression" else getattr(record, field) == value
-
-
 def default_training_images(src: str, size: int) -> torch.Tensor:
     """Train-split OpenMoji images whose attributes carry the source attribute."""
     from hifiedit.data.openmoji import load_openmoji
 
     field, value = source_attribute(src)
     data = load_openmoji(size)
-    idx = [r.index for r in data.records if r.split == "train" and _has(r, field, value)]
+    idx = [r.index for r in data.records if r.split == "train" and has_attribute(r, field, value)]
     if not idx:
         raise HifieditError(f"no train-split image has {field} = {value!r} (from {src!r}).")
     return data.tensor_at(idx)
@@ -325,16 +296,11 @@ STEPS = {"score-matching": score_matching_step, "markovian": markovian_step}
 
 
 def _load_rectifier(config: EditTrainConfig, backbone):
-    from hifiedit.pipeline import resolve_rectifier_path
-    from hifiedit.rectifier import Rectifier
+    from hifiedit.rectifier import load_rectifier
 
-    if config.rectifier == "none":
-        return None, None
-    path = resolve_rectifier_path(config.rectifier)
-    if path is None:
-        raise HifieditError("no default rectifier is shipped in this installation; train one "
-                            "(`hifiedit train rectifier`) and pass --rectifier PATH, or --rectifier none.")
-    return Rectifier.load_frozen(path, backbone.unet), portable_name(path)
+    return load_rectifier(config.rectifier, backbone, missing=(
+        "no default rectifier is shipped for this base model; train one (`hifiedit train "
+        "rectifier`) and pass --rectifier PATH, or --rectifier none."))
 
 
 def _guidance(config: EditTrainConfig, images: torch.Tensor):
@@ -474,7 +440,7 @@ def _train(config: EditTrainConfig, out: Path, base, resume: bool = False,
     if step % config.checkpoint_every != 0:
         checkpoint()
     summary = {"step": step, "wall_seconds": wall, "stopped_early": stopped_early,
-               "s_per_iter": _median(times), "out": str(out), "edit": str(out / "edit"),
+               "s_per_iter": _median(times), "out": portable_name(out), "edit": portable_name(out / "edit"),
                "base_digest": digest, "n_edit_params": params.n_params, **meta,
                **{k: info[k] for k in ("method", "markovian_variant", "src", "tgt", "n_train_images")}}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")

@@ -21,7 +21,7 @@ each scored on its clean estimate P̂ = P_t(ε_θ̂) against a target P* (``targ
 
 Measured on the default base (val split, 16 images, EMA after 250 iterations,
 ``bench/rectifier_paths.py``): x0 targets at *inversion* points gave +1.5 dB at S = 6 and
-−9 dB at S = 20 (the issue's warning: the rectified chain runs 2e-4…1e-2 MSE away from the
+−9 dB at S = 20 (the rectified chain runs 2e-4…1e-2 MSE away from the
 inversion trajectory, near the ideal path); x0 targets on the ideal path gave +3.1 dB at S = 6
 but still −5.4 dB at S = 20: P̂ stays ~10 % of θ's error along the path, and the drift that
 leaves is more than plain DDIM's own error at S ≥ 20. Hence ``"trajectory"``.
@@ -71,6 +71,7 @@ from hifiedit.train.checkpoint import (
 )
 from hifiedit.config import require
 from hifiedit.diffusion.backbone import model_digest
+from hifiedit.models import portable_name
 from hifiedit.train.trajectories import TrajectoryCache
 
 # Fields that may differ when resuming: they change how long and how visibly we train, not what.
@@ -350,7 +351,7 @@ def _resume_state(ckpt_dir: Path, config: RectifierTrainConfig, digest: str):
 
 def _initial_weights(config: RectifierTrainConfig, backbone) -> dict:
     """The weights of the rectifier a run starts from (``init_from``), and where they are."""
-    from hifiedit.pipeline import resolve_rectifier_path
+    from hifiedit.rectifier import resolve_rectifier_path
 
     path = resolve_rectifier_path(config.init_from)
     require(path is not None, f"init_from {config.init_from!r}: no such rectifier is shipped.")
@@ -359,7 +360,7 @@ def _initial_weights(config: RectifierTrainConfig, backbone) -> dict:
     differ = [f"{k} {theirs[k]} ≠ {ours[k]}" for k in ours
               if k != "trained_inversion" and theirs[k] != ours[k]]
     require(not differ, f"init_from {path}: its architecture differs from this run's ({', '.join(differ)}).")
-    return {"weights": start.state_dict(), "source": str(path)}
+    return {"weights": start.state_dict(), "source": portable_name(path)}
 
 
 def training_subset(n_train: int, config: RectifierTrainConfig) -> torch.Tensor:
@@ -463,7 +464,7 @@ def _train(config: RectifierTrainConfig, out: Path, base, resume: bool = False,
     n_params = sum(p.numel() for p in rect.parameters())
     target = min(config.max_steps, stop_after or config.max_steps)
     deadline = time.monotonic() + 60 * max_minutes if max_minutes else math.inf
-    meta = {"base": str(backbone.path or base), "base_digest": digest, "n_params": n_params,
+    meta = {"base": portable_name(backbone.path or base), "base_digest": digest, "n_params": n_params,
             "n_train_images": len(train_images), "val_psnr_ddim": plain,
             "init_from": init["source"] if init else (state or {}).get("init_from")}
 
@@ -524,7 +525,7 @@ def _train(config: RectifierTrainConfig, out: Path, base, resume: bool = False,
     if step % config.checkpoint_every != 0:
         checkpoint()
     summary = {"step": step, "wall_seconds": wall, "stopped_early": stopped_early,
-               "out": str(out), "rectifier": str(out / "rectifier"),
+               "out": portable_name(out), "rectifier": portable_name(out / "rectifier"),
                "cache": {"hits": cache.hits, "misses": cache.misses},
                "val_psnr_rectified": last_val, **meta}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")

@@ -1,4 +1,4 @@
-"""Turning a CLIP training run into a shipped model folder with a model card (issue 3, item 6).
+"""Turning a CLIP training run into a shipped model folder with a model card.
 
 `hifiedit release clip --run RUN --to DIR [--eval-json FILE]` copies the run's exported CLIP
 folder and writes a model card whose every figure comes from the run's own files
@@ -14,7 +14,7 @@ from pathlib import Path
 from hifiedit.errors import HifieditError
 from hifiedit.train.release import card_tail, staged_release
 
-MAX_BYTES = 10 * 2**20  # issue 3: each shipped CLIP ≤ 10 MB
+MAX_BYTES = 10 * 2**20  # each shipped CLIP ≤ 10 MB: the package stays small
 _KEYS = ("skin_tone_acc", "gender_acc", "retrieval_top1", "retrieval_top5", "pair_direction_cos")
 
 

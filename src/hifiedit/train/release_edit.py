@@ -1,4 +1,4 @@
-"""Turning an edit training run into a shipped edit with a model card (issue 5, item 5).
+"""Turning an edit training run into a shipped edit with a model card.
 
 `hifiedit release edit --run RUN --to DIR [--eval-json FILE]` copies the run's exported edit
 (``config.json`` + ``edit.safetensors``, ≤ 2 MB), records the base model and rectifier by
@@ -54,7 +54,7 @@ def eval_table(rows: list[dict], references: list[dict] = ()) -> str:
 
 def release_edit_model(run: Path, dest: Path, eval_json: Path | None = None,
                        force: bool = False) -> Path:
-    from hifiedit.diffusion.backbone import portable_name
+    from hifiedit.models import portable_name
     from hifiedit.eval.edit_eval import edit_label
 
     run, dest = Path(run), Path(dest)

@@ -1,4 +1,4 @@
-"""Turning a rectifier training run into a shipped model folder with a model card (issue 4, item 7).
+"""Turning a rectifier training run into a shipped model folder with a model card.
 
 `hifiedit release rectifier --run RUN --to DIR [--eval-json FILE]` copies the run's exported
 EMA rectifier and writes a card whose every figure comes from the run's own files (checkpoint
@@ -16,7 +16,7 @@ from pathlib import Path
 from hifiedit.errors import HifieditError
 from hifiedit.train.release import card_tail, checked_run, machines_line, staged_release
 
-MAX_BYTES = 20 * 2**20  # issue 4: the default rectifier ≤ 20 MB
+MAX_BYTES = 20 * 2**20  # the default rectifier ≤ 20 MB: the package stays small
 
 
 def plot_training(log_csv: Path, reference: dict, path: Path) -> None:
