@@ -62,7 +62,22 @@ def cmd_train_base(args) -> None:
                              "cooldown_steps": args.cooldown_steps})
     summary = train_base(config, Path(args.out), resume=args.resume, max_minutes=args.max_minutes,
                          device=args.device)
-    print(json.dumps(summary))
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    """A run's summary, printed once (by process 0 when several processes train)."""
+    from hifiedit.train.loop import is_main_process
+
+    if is_main_process():
+        print(json.dumps(summary))
+
+
+def _add_processes_flag(parser) -> None:
+    parser.add_argument("--num-processes", type=int, default=1, metavar="N",
+                        help="train in N processes on this machine (the global batch is split "
+                             "over them; gloo on CPUs); or start it with `accelerate launch -m "
+                             "hifiedit train …`")
 
 
 def cmd_train_clip(args) -> None:
@@ -122,7 +137,7 @@ def cmd_train_rectifier(args) -> None:
                              "init_from": args.init_from})
     summary = train_rectifier(config, Path(args.out), base=args.base, resume=args.resume,
                               max_minutes=args.max_minutes, device=args.device)
-    print(json.dumps(summary))
+    _print_summary(summary)
 
 
 def cmd_train_edit(args) -> None:
@@ -140,7 +155,7 @@ def cmd_train_edit(args) -> None:
     config = config_for_run(EditTrainConfig, args.config, args.out, args.resume, overrides)
     summary = train_edit(config, Path(args.out), base=args.base, resume=args.resume,
                          max_minutes=args.max_minutes)
-    print(json.dumps(summary))
+    _print_summary(summary)
 
 
 def cmd_edit(args) -> None:
@@ -252,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="lr falls linearly to 0 over the last N steps before --max-steps")
     tb.add_argument("--threads", type=int)
     tb.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda")
+    _add_processes_flag(tb)
     tb.set_defaults(func=cmd_train_base)
     tc = train.add_parser("clip", help="train an OpenMoji CLIP (guide or judge)")
     tc.add_argument("--config", type=Path, help="JSON file of ClipTrainConfig fields")
@@ -272,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-steps", type=int)
     tr.add_argument("--threads", type=int)
     tr.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda")
+    _add_processes_flag(tr)
     tr.set_defaults(func=cmd_train_rectifier)
 
     te = train.add_parser("edit", help="train a text edit: score-matching (ours) or markovian "
@@ -303,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--resume", action="store_true")
     te.add_argument("--max-minutes", type=float)
     te.add_argument("--threads", type=int)
+    _add_processes_flag(te)
     te.set_defaults(func=cmd_train_edit)
 
     rel = sub.add_parser("release", help="ship a trained model with a model card")
@@ -441,8 +459,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "num_processes", 1) != 1:
+            from hifiedit.train.loop import launch, launched_world_size
+
+            if launched_world_size() == 1:  # start the processes; each runs this command
+                return launch(argv, args.num_processes)
+            if launched_world_size() != args.num_processes:
+                raise HifieditError(f"--num-processes {args.num_processes} under a launcher "
+                                    f"that started {launched_world_size()} processes.")
         args.func(args)
     except HifieditError as e:
         print(f"hifiedit: error: {e}", file=sys.stderr)

@@ -9,10 +9,8 @@ whose state is saved with the weights.
 from __future__ import annotations
 
 import copy
-import csv
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,22 +18,10 @@ import torch.nn.functional as F
 
 from hifiedit.weights import check_model_state
 from hifiedit.models import portable_name
-from hifiedit.runtime import atomic_folder, machine_description, resolve_device
-from hifiedit.train.checkpoint import (
-    load_checkpoint,
-    load_optimizer_state,
-    optimizer_state,
-    save_checkpoint,
-)
+from hifiedit.runtime import atomic_folder
 from hifiedit.config import require
-from hifiedit.train.run import (
-    StopFlag,
-    check_same_config,
-    machine_history,
-    optimizer_step,
-    prepare_run_dir,
-    trim_log,
-)
+from hifiedit.train.loop import Job, TrainLoop
+from hifiedit.train.run import torch_threads
 
 # Fields that may differ when resuming: they change how long and how visibly we train, not what.
 RESUMABLE_OVERRIDES = {"max_steps", "cooldown_steps", "log_every", "checkpoint_every",
@@ -210,6 +196,89 @@ def _load_data(config: BaseTrainConfig):
     return data.tensor("train"), data.tensor("val")[:128]
 
 
+class BaseJob(Job):
+    """ε-prediction DDPM training of a U-Net with EMA (the loop does the rest)."""
+
+    desc = "train base"
+    log_header = ["step", "loss", "lr", "img_per_s", "heldout_loss", "wall_s"]
+
+    def __init__(self, config: BaseTrainConfig, out: Path, train_images, val_images, device, shard):
+        shard.check(config.batch_size)
+        self.config, self.out, self.device, self.shard = config, out, device, shard
+        self.train_images = train_images.to(device)
+        self.val_images = val_images.to(device) if val_images is not None else None
+        torch.manual_seed(config.seed)
+        self.unet = build_unet(config).train()
+        self.ema = copy.deepcopy(self.unet).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.alphas_cumprod = torch.cumprod(
+            1 - torch.linspace(config.beta_start, config.beta_end, config.num_train_timesteps,
+                               dtype=torch.float64), 0).float().to(device)
+        self.unet.to(device)
+        self.ema.to(device)
+        self.grad_clip = config.grad_clip
+        self.n_params = sum(p.numel() for p in self.unet.parameters())
+        self.lr = config.lr
+
+    def parameters(self):
+        return list(self.unet.parameters())
+
+    def loss(self, step, shard):
+        # The whole global batch is drawn (the same draws in every process), each process
+        # trains on its slice: the generator's state is the run's, whatever the process count.
+        config, gen, device = self.config, self.generator, self.device
+        idx = torch.randint(0, len(self.train_images), (config.batch_size,), generator=gen)
+        x0 = self.train_images[idx.to(device)]
+        if config.flip:
+            flip = torch.rand(config.batch_size, generator=gen) < 0.5
+            x0 = torch.where(flip.to(device).view(-1, 1, 1, 1), x0.flip(-1), x0)
+        t = torch.randint(0, config.num_train_timesteps, (config.batch_size,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        x0, t, noise = shard.take(x0, t.to(device), noise.to(device))
+        self.lr = learning_rate(config, step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        loss = diffusion_loss(self.unet, x0, t, noise, self.alphas_cumprod, config.min_snr_gamma)
+        loss.backward()
+        return loss
+
+    def after_update(self, step):
+        ema_update(self.ema, self.unet, min(self.config.ema_decay, (1 + step) / (10 + step)))
+
+    def evaluate(self, step):
+        config = self.config
+        if step % config.sample_every == 0:
+            sample_grid(self.ema, self.alphas_cumprod, config,
+                        self.out / "samples" / f"step_{step:07d}.png")
+        if self.val_images is not None and len(self.val_images) and step % config.eval_every == 0:
+            return {"heldout": heldout_loss(self.ema, self.val_images, self.alphas_cumprod)}
+        return {}
+
+    def log_row(self, step, window, evals):
+        ips = window.steps * self.config.batch_size / max(window.seconds, 1e-9)
+        heldout = f"{evals['heldout']:.5f}" if evals else ""
+        return [f"{window.loss:.5f}", f"{self.lr:.3g}", f"{ips:.1f}", heldout]
+
+    def postfix(self, window, evals):
+        ips = window.steps * self.config.batch_size / max(window.seconds, 1e-9)
+        return {"loss": f"{window.loss:.4f}", "img_s": f"{ips:.1f}"}
+
+    def tensors(self):
+        return {"model": self.unet.state_dict(), "ema": self.ema.state_dict()}
+
+    def load(self, groups, state):
+        check_model_state(self.unet, groups["model"], "Checkpoint model")
+        check_model_state(self.ema, groups["ema"], "Checkpoint EMA")
+
+    def meta(self, step):
+        return {"n_params": self.n_params, "images_seen": step * self.config.batch_size}
+
+    def export(self, step):
+        export_model(self.ema, self.config, self.out / "model")
+
+
 def train_base(
     config: BaseTrainConfig,
     out: Path,
@@ -224,116 +293,15 @@ def train_base(
     """Train (or resume) into `out`; returns a summary. `stop_after` stops at that step as if
     interrupted (used by the resume test). `device`: where the model trains ("auto": a GPU if
     there is one); every random draw still comes from the one CPU generator, so a run resumes
-    on another device with the same data, noise and timesteps."""
-    from tqdm import tqdm
-
-    out = Path(out)
-    ckpt_dir = prepare_run_dir(out, resume)
-
-    step, wall = 0, 0.0
-    saved = state = None
-    if resume:
-        saved, state = load_checkpoint(ckpt_dir)
-        check_same_config(state["config"], config, RESUMABLE_OVERRIDES)
-        step, wall = state["step"], state["wall_seconds"]
-
-    start_step, start_wall = step, wall
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    if train_images is None:
-        train_images, val_images = _load_data(config)
-    require(train_images.shape[-1] == config.image_size,
-            f"images are {train_images.shape[-1]} px but image_size is {config.image_size}.")
-
-    device = resolve_device(device)
-    train_images = train_images.to(device)
-    val_images = val_images.to(device) if val_images is not None else None
-    torch.manual_seed(config.seed)
-    unet = build_unet(config).train()
-    ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    gen = torch.Generator().manual_seed(config.seed)
-    alphas_cumprod = torch.cumprod(
-        1 - torch.linspace(config.beta_start, config.beta_end, config.num_train_timesteps,
-                           dtype=torch.float64), 0).float().to(device)
-    unet.to(device)
-    ema.to(device)
-    if saved is not None:
-        check_model_state(unet, saved["model"], "Checkpoint model")
-        check_model_state(ema, saved["ema"], "Checkpoint EMA")
-        load_optimizer_state(opt, saved["optimizer"], state["param_groups"])
-        gen.set_state(saved["rng"]["generator"])
-
-    log_path = out / "log.csv"
-    trim_log(log_path, step)
-    n_params = sum(p.numel() for p in unet.parameters())
-    target = min(config.max_steps, stop_after or config.max_steps)
-    deadline = time.monotonic() + 60 * max_minutes if max_minutes else math.inf
-
-    def checkpoint():
-        tensors, groups = optimizer_state(opt)
-        save_checkpoint(
-            ckpt_dir,
-            {"model": unet.state_dict(), "ema": ema.state_dict(), "optimizer": tensors,
-             "rng": {"generator": gen.get_state()}},
-            {"step": step, "wall_seconds": wall, "config": asdict(config), "param_groups": groups,
-             "n_params": n_params, "images_seen": step * config.batch_size,
-             "machine": machine_description(),
-             "machines": machine_history(state, start_step, start_wall, step, wall)},
-        )
-        export_model(ema, config, out / "model")
-
-    bar = tqdm(total=target, initial=step, disable=not progress, desc="train base",
-               dynamic_ncols=True)
-    window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
-    stopped_early = False
-    with StopFlag() as flag, open(log_path, "a", newline="") as log_file:
-        log = csv.writer(log_file)
-        if log_path.stat().st_size == 0:
-            log.writerow(["step", "loss", "lr", "img_per_s", "heldout_loss", "wall_s"])
-        while step < target:
-            t_start = time.perf_counter()
-            idx = torch.randint(0, len(train_images), (config.batch_size,), generator=gen)
-            x0 = train_images[idx.to(device)]
-            if config.flip:
-                flip = torch.rand(config.batch_size, generator=gen) < 0.5
-                x0 = torch.where(flip.to(device).view(-1, 1, 1, 1), x0.flip(-1), x0)
-            t = torch.randint(0, config.num_train_timesteps, (config.batch_size,), generator=gen)
-            noise = torch.randn(x0.shape, generator=gen)
-            t, noise = t.to(device), noise.to(device)
-            lr = learning_rate(config, step)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            loss = diffusion_loss(unet, x0, t, noise, alphas_cumprod, config.min_snr_gamma)
-            optimizer_step(opt, loss, unet.parameters(), config.grad_clip, step)
-            ema_update(ema, unet, min(config.ema_decay, (1 + step) / (10 + step)))
-            step += 1
-            wall += time.perf_counter() - t_start
-            window_loss += loss.item()
-            window_n += 1
-            bar.update(1)
-
-            heldout = ""
-            if val_images is not None and len(val_images) and step % config.eval_every == 0:
-                heldout = f"{heldout_loss(ema, val_images, alphas_cumprod):.5f}"
-            if step % config.log_every == 0 or heldout:
-                now = time.perf_counter()
-                ips = window_n * config.batch_size / max(now - window_t, 1e-9)
-                log.writerow([step, f"{window_loss / window_n:.5f}", f"{lr:.3g}", f"{ips:.1f}",
-                              heldout, f"{wall:.1f}"])
-                log_file.flush()
-                bar.set_postfix(loss=f"{window_loss / window_n:.4f}", img_s=f"{ips:.1f}")
-                window_loss, window_n, window_t = 0.0, 0, now
-            if step % config.checkpoint_every == 0:
-                checkpoint()
-            if step % config.sample_every == 0:
-                sample_grid(ema, alphas_cumprod, config, out / "samples" / f"step_{step:07d}.png")
-            if flag.stop or time.monotonic() > deadline:
-                stopped_early = step < target
-                break
-    bar.close()
-    if step % config.checkpoint_every != 0:
-        checkpoint()
-    return {"step": step, "wall_seconds": wall, "n_params": n_params,
-            "stopped_early": stopped_early, "out": portable_name(out)}
-
+    on another device with the same data, noise and timesteps. Under a launcher (accelerate,
+    torchrun, --num-processes) the global batch is split over the processes."""
+    with torch_threads(config.threads):
+        loop = TrainLoop(out, config, resume, RESUMABLE_OVERRIDES, max_minutes=max_minutes,
+                         stop_after=stop_after, progress=progress, device=device)
+        if train_images is None:
+            train_images, val_images = _load_data(config)
+        require(train_images.shape[-1] == config.image_size,
+                f"images are {train_images.shape[-1]} px but image_size is {config.image_size}.")
+        job = BaseJob(config, Path(out), train_images, val_images, loop.device, loop.shard)
+        result = loop.run(job)
+    return {**result, "n_params": job.n_params, "out": portable_name(out)}

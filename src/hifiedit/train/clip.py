@@ -23,11 +23,9 @@ generator saved with the weights, and the tokenizer is trained once and stored i
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,20 +35,9 @@ import torch.nn.functional as F
 from hifiedit.errors import HifieditError
 from hifiedit.weights import check_model_state
 from hifiedit.models import portable_name
-from hifiedit.runtime import atomic_folder, machine_description, write_text_atomic
-from hifiedit.train.run import (
-    StopFlag,
-    check_same_config,
-    optimizer_step,
-    prepare_run_dir,
-    trim_log,
-)
-from hifiedit.train.checkpoint import (
-    load_checkpoint,
-    load_optimizer_state,
-    optimizer_state,
-    save_checkpoint,
-)
+from hifiedit.runtime import atomic_folder, write_text_atomic
+from hifiedit.train.loop import Job, TrainLoop
+from hifiedit.train.run import torch_threads
 from hifiedit.config import require
 
 # Fields that may differ when resuming: they change how visibly we train, not what.
@@ -344,25 +331,95 @@ def _val_metrics(model, tokenizer, config, mean, std) -> dict:
     return clip_metrics(clip, data, "val")
 
 
-def train_clip(config: ClipTrainConfig, out: Path, **kwargs) -> dict:
-    """Train (or resume) a CLIP into `out`; returns a summary.
+class ClipJob(Job):
+    """Contrastive training of a CLIP (the loop does the rest)."""
 
-    `out/tokenizer/` holds the tokenizer (trained from the captions on the first run unless
-    one is passed), `out/checkpoint/` the resumable state, `out/model/` the exported folder
-    that `load_clip` reads. Keyword arguments: resume, max_minutes, data (CaptionedImages),
-    tokenizer, progress, stop_after (stop at that step as if interrupted: the resume test),
-    val_metrics. `config.threads` applies for the run only.
-    """
-    threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
-        return _train_clip(config, Path(out), **kwargs)
-    finally:
-        torch.set_num_threads(threads)
+    log_header = ["step", "loss", "lr", "logit_scale", "img_per_s", "val_skin_tone_acc",
+                  "val_gender_acc", "wall_s"]
+
+    def __init__(self, config: ClipTrainConfig, out: Path, data: CaptionedImages, tokenizer,
+                 init_path, val_metrics: bool):
+        from hifiedit.guidance.clip import OPENAI_MEAN, OPENAI_STD
+
+        self.config, self.out, self.data, self.tokenizer = config, out, data, tokenizer
+        self.val_metrics = val_metrics
+        self.desc = f"train clip ({config.role})"
+        torch.manual_seed(config.seed)
+        self.model = build_clip(config, tokenizer).train()
+        if init_path is not None:
+            from transformers import CLIPModel
+
+            start = CLIPModel.from_pretrained(init_path, local_files_only=True)
+            check_model_state(self.model, start.state_dict(),
+                              f"init_from {init_path} (architecture fields must match)")
+        decay = [p for p in self.model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.grad_clip = config.grad_clip
+        self.mean, self.std = torch.tensor(OPENAI_MEAN), torch.tensor(OPENAI_STD)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.lr = config.lr
+
+    def parameters(self):
+        return list(self.model.parameters())
+
+    def loss(self, step, shard):
+        config, gen = self.config, self.generator
+        idx, captions = sample_batch(self.data, config, gen)
+        images = augment(self.data.images[idx], config, gen)
+        if config.noise_std:
+            sigma = torch.rand((len(images), 1, 1, 1), generator=gen) * config.noise_std
+            images = images + sigma * torch.randn(images.shape, generator=gen)
+        self.lr = _lr(config, step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        loss = clip_step_loss(self.model, self.tokenizer, images, captions, idx, self.mean,
+                              self.std, config.image_size)
+        loss.backward()
+        return loss
+
+    def after_update(self, step):
+        with torch.no_grad():  # CLIP's clamp: a temperature below 1/100 destabilises training
+            self.model.logit_scale.clamp_(0, math.log(100))
+
+    def evaluate(self, step):
+        if not (self.val_metrics and step % self.config.eval_every == 0):
+            return {}
+        self.model.eval()
+        val = _val_metrics(self.model, self.tokenizer, self.config, self.mean, self.std)
+        self.model.train()
+        return val
+
+    def log_row(self, step, window, evals):
+        ips = window.steps * self.config.batch_size / max(window.seconds, 1e-9)
+        return [f"{window.loss:.5f}", f"{self.lr:.3g}",
+                f"{self.model.logit_scale.exp().item():.2f}", f"{ips:.1f}",
+                f"{evals['skin_tone_acc']:.4f}" if evals else "",
+                f"{evals['gender_acc']:.4f}" if evals else ""]
+
+    def postfix(self, window, evals):
+        ips = window.steps * self.config.batch_size / max(window.seconds, 1e-9)
+        return {"loss": f"{window.loss:.3f}", "img_s": f"{ips:.0f}",
+                **({"val_tone": f"{evals['skin_tone_acc']:.2f}"} if evals else {})}
+
+    def tensors(self):
+        return {"model": self.model.state_dict()}
+
+    def load(self, groups, state):
+        check_model_state(self.model, groups["model"], "Checkpoint model")
+
+    def meta(self, step):
+        return {"n_params": self.n_params, "images_seen": step * self.config.batch_size,
+                "tokenizer": tokenizer_digest(self.tokenizer)}
+
+    def export(self, step):
+        export_clip(self.model, self.tokenizer, self.config, self.out / "model", step)
 
 
-def _train_clip(
+def train_clip(
     config: ClipTrainConfig,
     out: Path,
     resume: bool = False,
@@ -373,133 +430,51 @@ def _train_clip(
     stop_after: int | None = None,
     val_metrics: bool = True,
 ) -> dict:
-    from tqdm import tqdm
+    """Train (or resume) a CLIP into `out`; returns a summary.
+
+    `out/tokenizer/` holds the tokenizer (trained from the captions on the first run unless
+    one is passed), `out/checkpoint/` the resumable state, `out/model/` the exported folder
+    that `load_clip` reads. `data` (CaptionedImages) replaces the OpenMoji train split;
+    `stop_after` stops at that step as if interrupted (the resume test). `config.threads`
+    applies for the run only. One process only: the contrastive loss needs the whole batch.
+    """
     from transformers import AutoTokenizer
 
-    from hifiedit.guidance.clip import OPENAI_MEAN, OPENAI_STD, clip_role, resolve_clip_path
+    from hifiedit.guidance.clip import clip_role, resolve_clip_path
 
-    ckpt_dir = prepare_run_dir(out, resume)
-    step, wall, saved, state = 0, 0.0, None, None
-    if resume:
-        saved, state = load_checkpoint(ckpt_dir)
-        check_same_config(state["config"], config, RESUMABLE_OVERRIDES)
-        step, wall = state["step"], state["wall_seconds"]
+    out = Path(out)
+    with torch_threads(config.threads):
+        loop = TrainLoop(out, config, resume, RESUMABLE_OVERRIDES, max_minutes=max_minutes,
+                         stop_after=stop_after, progress=progress, distributed=False)
+        if data is None:
+            data = openmoji_training_set(config.image_size)
+        else:
+            val_metrics = False  # custom data: the OpenMoji val split says nothing about it
+        require(data.images.shape[-1] == config.image_size,
+                f"images are {data.images.shape[-1]} px but image_size is {config.image_size}.")
 
-    if data is None:
-        data = openmoji_training_set(config.image_size)
-    else:
-        val_metrics = False  # custom data: the OpenMoji val split says nothing about it
-    require(data.images.shape[-1] == config.image_size,
-            f"images are {data.images.shape[-1]} px but image_size is {config.image_size}.")
+        init_path = resolve_clip_path(config.init_from) if config.init_from else None
+        require(init_path is None or clip_role(init_path) != "judge",
+                f"init_from {config.init_from!r} is a judge CLIP: training cannot start from it.")
+        tok_dir = out / "tokenizer"
+        if (tok_dir / "tokenizer.json").is_file():
+            tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        else:
+            if init_path is not None:
+                tokenizer = AutoTokenizer.from_pretrained(init_path, local_files_only=True)
+            elif tokenizer is None:
+                texts = [c for variants in data.captions for c in variants]
+                tokenizer = train_tokenizer(texts, config.vocab_size, config.max_text_length)
+            tokenizer.save_pretrained(tok_dir)
+        if loop.state is not None and loop.state.get("tokenizer") != tokenizer_digest(tokenizer):
+            raise HifieditError(f"{tok_dir} is not the tokenizer this run was trained with.")
 
-    init_path = resolve_clip_path(config.init_from) if config.init_from else None
-    require(init_path is None or clip_role(init_path) != "judge",
-            f"init_from {config.init_from!r} is a judge CLIP: training cannot start from it.")
-    tok_dir = out / "tokenizer"
-    if (tok_dir / "tokenizer.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
-    else:
-        if init_path is not None:
-            tokenizer = AutoTokenizer.from_pretrained(init_path, local_files_only=True)
-        elif tokenizer is None:
-            texts = [c for variants in data.captions for c in variants]
-            tokenizer = train_tokenizer(texts, config.vocab_size, config.max_text_length)
-        tokenizer.save_pretrained(tok_dir)
-    if state is not None and state.get("tokenizer") != tokenizer_digest(tokenizer):
-        raise HifieditError(f"{tok_dir} is not the tokenizer this run was trained with.")
-
-    torch.manual_seed(config.seed)
-    model = build_clip(config, tokenizer).train()
-    if init_path is not None and saved is None:
-        from transformers import CLIPModel
-
-        start = CLIPModel.from_pretrained(init_path, local_files_only=True)
-        check_model_state(model, start.state_dict(), f"init_from {init_path} (architecture fields must match)")
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-    gen = torch.Generator().manual_seed(config.seed)
-    if saved is not None:
-        check_model_state(model, saved["model"], "Checkpoint model")
-        load_optimizer_state(opt, saved["optimizer"], state["param_groups"])
-        gen.set_state(saved["rng"]["generator"])
-    mean, std = torch.tensor(OPENAI_MEAN), torch.tensor(OPENAI_STD)
-
-    log_path = out / "log.csv"
-    trim_log(log_path, step)
-    n_params = sum(p.numel() for p in model.parameters())
-    target = min(config.max_steps, stop_after or config.max_steps)
-    deadline = time.monotonic() + 60 * max_minutes if max_minutes else math.inf
-
-    def checkpoint():
-        tensors, groups = optimizer_state(opt)
-        save_checkpoint(
-            ckpt_dir,
-            {"model": model.state_dict(), "optimizer": tensors,
-             "rng": {"generator": gen.get_state()}},
-            {"step": step, "wall_seconds": wall, "config": asdict(config), "param_groups": groups,
-             "n_params": n_params, "images_seen": step * config.batch_size,
-             "tokenizer": tokenizer_digest(tokenizer), "machine": machine_description()},
-        )
-        export_clip(model, tokenizer, config, out / "model", step)
-
-    bar = tqdm(total=target, initial=step, disable=not progress, desc=f"train clip ({config.role})",
-               dynamic_ncols=True)
-    window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
-    stopped_early = False
-    with StopFlag() as flag, open(log_path, "a", newline="") as log_file:
-        log = csv.writer(log_file)
-        if log_path.stat().st_size == 0:
-            log.writerow(["step", "loss", "lr", "logit_scale", "img_per_s", "val_skin_tone_acc",
-                          "val_gender_acc", "wall_s"])
-        while step < target:
-            t_start = time.perf_counter()
-            idx, captions = sample_batch(data, config, gen)
-            images = augment(data.images[idx], config, gen)
-            if config.noise_std:
-                sigma = torch.rand((len(images), 1, 1, 1), generator=gen) * config.noise_std
-                images = images + sigma * torch.randn(images.shape, generator=gen)
-            lr = _lr(config, step)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            loss = clip_step_loss(model, tokenizer, images, captions, idx, mean, std,
-                                  config.image_size)
-            optimizer_step(opt, loss, model.parameters(), config.grad_clip, step)
-            with torch.no_grad():  # CLIP's clamp: a temperature below 1/100 destabilises training
-                model.logit_scale.clamp_(0, math.log(100))
-            step += 1
-            wall += time.perf_counter() - t_start
-            window_loss += loss.item()
-            window_n += 1
-            bar.update(1)
-
-            val = {}
-            if val_metrics and step % config.eval_every == 0:
-                model.eval()
-                val = _val_metrics(model, tokenizer, config, mean, std)
-                model.train()
-            if step % config.log_every == 0 or val:
-                now = time.perf_counter()
-                ips = window_n * config.batch_size / max(now - window_t, 1e-9)
-                log.writerow([step, f"{window_loss / window_n:.5f}", f"{lr:.3g}",
-                              f"{model.logit_scale.exp().item():.2f}", f"{ips:.1f}",
-                              f"{val['skin_tone_acc']:.4f}" if val else "",
-                              f"{val['gender_acc']:.4f}" if val else "", f"{wall:.1f}"])
-                log_file.flush()
-                bar.set_postfix(loss=f"{window_loss / window_n:.3f}", img_s=f"{ips:.0f}",
-                                **({"val_tone": f"{val['skin_tone_acc']:.2f}"} if val else {}))
-                window_loss, window_n, window_t = 0.0, 0, now
-            if step % config.checkpoint_every == 0:
-                checkpoint()
-            if flag.stop or time.monotonic() > deadline:
-                stopped_early = step < target
-                break
-    bar.close()
-    if step % config.checkpoint_every != 0:
-        checkpoint()
-    summary = {"step": step, "wall_seconds": wall, "n_params": n_params, "role": config.role,
-               "stopped_early": stopped_early, "out": portable_name(out),
+        job = ClipJob(config, out, data, tokenizer, init_path if loop.saved is None else None,
+                      val_metrics)
+        result = loop.run(job)
+    summary = {**result, "n_params": job.n_params, "role": config.role, "out": portable_name(out),
                "model": portable_name(out / "model")}
+    summary = {k: summary[k] for k in ("step", "wall_seconds", "n_params", "role",
+                                       "stopped_early", "out", "model")}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary

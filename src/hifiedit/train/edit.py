@@ -32,11 +32,8 @@ the edit exported with ``Edit.save_pretrained`` to ``OUT/edit``.
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import statistics
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,11 +43,11 @@ from hifiedit.diffusion.ddim import DDIMConventions, generate, predict_x0
 from hifiedit.edit.params import Edit, EditParams, EditParamsConfig, in_interval
 from hifiedit.errors import HifieditError
 from hifiedit.rectifier.modulate import move_sizes
-from hifiedit.runtime import machine_description, write_text_atomic
-from hifiedit.train.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
+from hifiedit.runtime import write_text_atomic
 from hifiedit.config import require
+from hifiedit.train.loop import Job, Shard, TrainLoop
+from hifiedit.train.run import torch_threads
 from hifiedit.data.attributes import has_attribute, source_attribute
-from hifiedit.train.run import StopFlag, check_same_config, prepare_run_dir, torch_threads, trim_log
 from hifiedit.diffusion.backbone import model_digest
 from hifiedit.models import portable_name
 from hifiedit.train.trajectories import TrajectoryCache
@@ -233,13 +230,15 @@ def generation_move(grid, t: torch.Tensor) -> torch.Tensor:
     return levels[j] - levels[j - 1]
 
 
-def score_matching_step(task: EditTask, gen: torch.Generator) -> float:
+def score_matching_step(task: EditTask, gen: torch.Generator, shard: Shard = Shard()) -> float:
     """One edited pass per sample at a random point (in the editing interval) of its original
-    inversion trajectory; backpropagates and returns the loss."""
+    inversion trajectory; backpropagates and returns the loss (of this process's slice of the
+    batch, :class:`hifiedit.train.loop.Shard`)."""
     b = task.config.batch_size
     idx = torch.randint(len(task.images), (b,), generator=gen)
     inside = (task.levels[task.kept] >= task.config.t_edit).nonzero().flatten()
     pos = inside[torch.randint(len(inside), (b,), generator=gen)]
+    idx, pos = shard.take(idx, pos)
     x, t = task.states[idx, pos], task.levels[task.kept[pos]]
     # A step-conditioned rectifier is told the move it serves at generation (S_train steps),
     # not the S_for grid's small move: P̂ is then the estimate the edited chain will see.
@@ -250,11 +249,12 @@ def score_matching_step(task: EditTask, gen: torch.Generator) -> float:
     return loss.item()
 
 
-def markovian_step(task: EditTask, gen: torch.Generator) -> float:
+def markovian_step(task: EditTask, gen: torch.Generator, shard: Shard = Shard()) -> float:
     """DiffusionCLIP: S_train DDIM steps with ψ from the inverted x_{t0}, the loss on every
-    step's estimate (mean over steps); backpropagates and returns the loss."""
+    step's estimate (mean over steps); backpropagates and returns the loss (of this process's
+    slice of the batch)."""
     c = task.config
-    idx = torch.randint(len(task.images), (c.batch_size,), generator=gen)
+    idx = shard.take(torch.randint(len(task.images), (c.batch_size,), generator=gen))
     code = task.x0_code(task.images[idx])
     grid = task.conventions.timesteps(c.t0, c.s_train)
     step_of = move_sizes(grid)
@@ -338,112 +338,93 @@ def build_task(config: EditTrainConfig, backbone, images: torch.Tensor, cache_fo
 # --------------------------------------------------------------------------- the run
 
 
-def train_edit(config: EditTrainConfig, out: Path, base: str | Path = "default", **kwargs) -> dict:
+class EditJob(Job):
+    """Training the edit parameters ψ by score matching or the Markovian chain (the loop does
+    the rest)."""
+
+    log_header = ["step", "loss", "s_per_iter", "wall_s"]
+
+    def __init__(self, config: EditTrainConfig, out: Path, task: EditTask, params: EditParams,
+                 digest: str, info: dict):
+        self.config, self.out, self.task, self.params = config, out, task, params
+        self.digest, self.info = digest, info
+        self.desc = f"train edit ({config.method})"
+        self.optimizer = torch.optim.Adam(params.parameters(), lr=config.lr)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.grad_clip = config.grad_clip
+        self.run_step = STEPS[config.method]
+
+    def parameters(self):
+        return list(self.params.parameters())
+
+    def loss(self, step, shard):
+        return self.run_step(self.task, self.generator, shard)
+
+    def log_row(self, step, window, evals):
+        return [f"{window.loss:.6f}", f"{window.step_seconds / window.steps:.4f}"]
+
+    def postfix(self, window, evals):
+        return {"loss": f"{window.loss:.4f}", "s_it": f"{window.step_seconds / window.steps:.3f}"}
+
+    def tensors(self):
+        return {"edit": self.params.tensors()}
+
+    def load(self, groups, state):
+        self.params.load_tensors(groups["edit"], "checkpoint edit weights")
+
+    def meta(self, step):
+        return {"base_digest": self.digest, **self.info}
+
+    def export(self, step):
+        edit = Edit(self.params, self.digest,
+                    {**self.info, "steps": step, "train_s_per_iter": _median(self.step_times)})
+        edit.save_pretrained(self.out / "edit")
+
+
+def train_edit(config: EditTrainConfig, out: Path, base: str | Path = "default",
+               resume: bool = False, max_minutes: float | None = None, backbone=None,
+               train_images=None, cache_folder: Path | None = None, progress: bool = True,
+               stop_after: int | None = None) -> dict:
     """Train (or resume) an edit of the base model ``base`` into ``out``; returns a summary.
 
     ``out/checkpoint/`` is the resumable state, ``out/edit/`` the exported edit
-    (``Edit.from_pretrained``), ``out/log.csv`` the log. Keyword arguments: resume,
-    max_minutes, backbone (instead of loading ``base``), train_images (instead of the
-    configured images), cache_folder (default: $HIFIEDIT_CACHE/trajectories), progress,
-    stop_after (stop at that step as if interrupted: the resume test).
+    (``Edit.from_pretrained``), ``out/log.csv`` the log. ``backbone`` replaces loading
+    ``base``; ``train_images`` the configured images; ``cache_folder`` defaults to
+    $HIFIEDIT_CACHE/trajectories; ``stop_after`` stops at that step as if interrupted (the
+    resume test). Under a launcher the global batch is split over the processes.
     """
-    with torch_threads(config.threads):
-        return _train(config, Path(out), base, **kwargs)
-
-
-def _train(config: EditTrainConfig, out: Path, base, resume: bool = False,
-           max_minutes: float | None = None, backbone=None, train_images=None,
-           cache_folder: Path | None = None, progress: bool = True,
-           stop_after: int | None = None) -> dict:
-    from tqdm import tqdm
-
     from hifiedit.data.openmoji import cache_dir
     from hifiedit.diffusion.backbone import load_backbone
 
     config.validate()
-    ckpt_dir = prepare_run_dir(out, resume)
-    backbone = backbone or load_backbone(base)
-    digest = model_digest(backbone)
-    step, wall, saved, state = 0, 0.0, None, None
-    if resume:
-        saved, state = load_checkpoint(ckpt_dir)
-        check_same_config(state["config"], config, RESUMABLE_OVERRIDES)
-        require(state.get("base_digest") == digest, "Cannot resume: the base model differs from "
-                f"the one this run trained against ({state.get('base_model')}).")
-        step, wall = state["step"], state["wall_seconds"]
-    images = train_images if train_images is not None else training_images(config, backbone.sample_size)
-    task, params, meta = build_task(config, backbone, images,
-                                    cache_folder or cache_dir() / "trajectories", progress)
-    opt = torch.optim.Adam(params.parameters(), lr=config.lr)
-    gen = torch.Generator().manual_seed(config.seed)
-    if saved is not None:
-        params.load_tensors(saved["edit"], "checkpoint edit weights")
-        load_optimizer_state(opt, saved["optimizer"], state["param_groups"])
-        gen.set_state(saved["rng"]["generator"])
-
-    info = {"base_model": portable_name(backbone.path or base), "method": config.method,
-            "markovian_variant": config.markovian_variant if config.method == "markovian" else None,
-            "src": config.src, "tgt": config.tgt, "t0": config.t0, "s_for": config.s_for,
-            "s_train": config.s_train, "t_edit": config.t_edit, "rectifier": meta["rectifier"], "clip": config.clip,
-            "n_train_images": len(images), "training": asdict(config)}
-    times: list[float] = []
-
-    def checkpoint():
-        tensors, groups = optimizer_state(opt)
-        save_checkpoint(ckpt_dir, {"edit": params.tensors(), "optimizer": tensors,
-                                   "rng": {"generator": gen.get_state()}},
-                        {"step": step, "wall_seconds": wall, "config": asdict(config),
-                         "param_groups": groups, "base_digest": digest,
-                         "machine": machine_description(), **info})
-        edit = Edit(params, digest, {**info, "steps": step, "train_s_per_iter": _median(times)})
-        edit.save_pretrained(out / "edit")
-
-    log_path = out / "log.csv"
-    trim_log(log_path, step)
-    target = min(config.iters, stop_after or config.iters)
-    deadline = time.monotonic() + 60 * max_minutes if max_minutes else math.inf
-    run_step = STEPS[config.method]
-    bar = tqdm(total=target, initial=step, disable=not progress, desc=f"train edit ({config.method})",
-               dynamic_ncols=True)
-    window: list[tuple[float, float]] = []
-    stopped_early = False
-    with StopFlag() as flag, open(log_path, "a", newline="") as log_file:
-        log = csv.writer(log_file)
-        if log_path.stat().st_size == 0:
-            log.writerow(["step", "loss", "s_per_iter", "wall_s"])
-        while step < target:
-            t_start = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            loss = run_step(task, gen)
-            if not math.isfinite(loss):
-                raise HifieditError(f"Loss became {loss} at step {step}; lower the lr.")
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params.parameters(), config.grad_clip)
-            opt.step()
-            elapsed = time.perf_counter() - t_start
-            step, wall = step + 1, wall + elapsed
-            times.append(elapsed)
-            window.append((loss, elapsed))
-            bar.update(1)
-            if step % config.log_every == 0:
-                mean_loss, mean_s = (sum(v) / len(window) for v in zip(*window))
-                log.writerow([step, f"{mean_loss:.6f}", f"{mean_s:.4f}", f"{wall:.1f}"])
-                log_file.flush()
-                bar.set_postfix(loss=f"{mean_loss:.4f}", s_it=f"{mean_s:.3f}")
-                window = []
-            if step % config.checkpoint_every == 0:
-                checkpoint()
-            if flag.stop or time.monotonic() > deadline:
-                stopped_early = step < target
-                break
-    bar.close()
-    if step % config.checkpoint_every != 0:
-        checkpoint()
-    summary = {"step": step, "wall_seconds": wall, "stopped_early": stopped_early,
-               "s_per_iter": _median(times), "out": portable_name(out), "edit": portable_name(out / "edit"),
-               "base_digest": digest, "n_edit_params": params.n_params, **meta,
-               **{k: info[k] for k in ("method", "markovian_variant", "src", "tgt", "n_train_images")}}
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    out = Path(out)
+    with torch_threads(config.threads):
+        loop = TrainLoop(out, config, resume, RESUMABLE_OVERRIDES, max_steps=config.iters,
+                         max_minutes=max_minutes, stop_after=stop_after, progress=progress)
+        loop.shard.check(config.batch_size)
+        backbone = backbone or load_backbone(base)
+        digest = model_digest(backbone)
+        if loop.state is not None:
+            require(loop.state.get("base_digest") == digest, "Cannot resume: the base model "
+                    f"differs from the one this run trained against ({loop.state.get('base_model')}).")
+        images = (train_images if train_images is not None
+                  else training_images(config, backbone.sample_size))
+        task, params, meta = build_task(config, backbone, images,
+                                        cache_folder or cache_dir() / "trajectories",
+                                        progress and loop.procs.main)
+        info = {"base_model": portable_name(backbone.path or base), "method": config.method,
+                "markovian_variant": config.markovian_variant if config.method == "markovian" else None,
+                "src": config.src, "tgt": config.tgt, "t0": config.t0, "s_for": config.s_for,
+                "s_train": config.s_train, "t_edit": config.t_edit, "rectifier": meta["rectifier"],
+                "clip": config.clip, "n_train_images": len(images), "training": asdict(config)}
+        job = EditJob(config, out, task, params, digest, info)
+        result = loop.run(job)
+    summary = {**result, "s_per_iter": _median(job.step_times), "out": portable_name(out),
+               "edit": portable_name(out / "edit"), "base_digest": digest, "n_edit_params": params.n_params,
+               **meta, **{k: info[k] for k in ("method", "markovian_variant", "src", "tgt",
+                                              "n_train_images")}}
+    if loop.procs.main:
+        write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
 
 

@@ -40,10 +40,7 @@ SIGTERM/SIGINT checkpoint and stop; a CSV log with held-out PSNR of rectified re
 from __future__ import annotations
 
 import copy
-import csv
 import json
-import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,22 +50,10 @@ from hifiedit.diffusion.ddim import Inversion, ddim_step, fixed_point_move, gene
 from hifiedit.errors import HifieditError
 from hifiedit.weights import check_model_state
 from hifiedit.rectifier import Rectifier, RectifierConfig, rectified_eps, rectified_eps_fn
-from hifiedit.runtime import machine_description, resolve_device, write_text_atomic
+from hifiedit.runtime import write_text_atomic
 from hifiedit.train.base import ema_update
-from hifiedit.train.run import (
-    StopFlag,
-    check_same_config,
-    machine_history,
-    optimizer_step,
-    prepare_run_dir,
-    trim_log,
-)
-from hifiedit.train.checkpoint import (
-    load_checkpoint,
-    load_optimizer_state,
-    optimizer_state,
-    save_checkpoint,
-)
+from hifiedit.train.loop import Job, Shard, TrainLoop
+from hifiedit.train.run import torch_threads
 from hifiedit.config import require
 from hifiedit.diffusion.backbone import model_digest
 from hifiedit.models import portable_name
@@ -209,15 +194,17 @@ class Draw:
 
 
 def draw_batch(backbone, points: dict[int, Points], images: torch.Tensor,
-               config: RectifierTrainConfig, gen: torch.Generator) -> Draw:
+               config: RectifierTrainConfig, gen: torch.Generator, shard: Shard = Shard()) -> Draw:
     """S, k, and per sample an image and a start index j ≥ k + grad moves (so the chain never
-    passes the clean level). Always the same number of random draws per iteration."""
+    passes the clean level). Always the same number of random draws per iteration; the samples
+    are this process's slice of the batch (:class:`hifiedit.train.loop.Shard`)."""
     grids = sorted(points)
     m = config.grad_chain_steps
     s = grids[int(torch.randint(len(grids), (1,), generator=gen))]
     k = min(int(torch.randint(config.rollout_max + 1, (1,), generator=gen)), s - m)
     idx = torch.randint(len(images), (config.batch_size,), generator=gen)
     u = torch.rand(config.batch_size, generator=gen)
+    idx, u = shard.take(idx, u)
     p, x0 = points[s], images[idx]
     if config.target == "x0":  # ideal-path start at any level from k + m to S
         j = k + m + (u * (s + 1 - k - m)).long().clamp(max=s - k - m)
@@ -310,8 +297,9 @@ def chain_loss(backbone, rectifier, draw: Draw, x, x0_code, levels: torch.Tensor
     return torch.stack(losses).mean()
 
 
-def iteration_loss(backbone, rectifier, points, images, config, gen) -> torch.Tensor:
-    draw = draw_batch(backbone, points, images, config, gen)
+def iteration_loss(backbone, rectifier, points, images, config, gen,
+                   shard: Shard = Shard()) -> torch.Tensor:
+    draw = draw_batch(backbone, points, images, config, gen, shard)
     levels = points[draw.s].levels
     code = rectifier.encode_x0(draw.x0)
     x, j = rollout(backbone, rectifier, draw.x, code, levels, draw.j, draw.k)
@@ -338,15 +326,6 @@ def heldout_psnr(backbone, rectifier, images, cache: TrajectoryCache, steps) -> 
 
 
 # --------------------------------------------------------------------------- the run
-
-
-def _resume_state(ckpt_dir: Path, config: RectifierTrainConfig, digest: str):
-    saved, state = load_checkpoint(ckpt_dir)
-    check_same_config(state["config"], config, RESUMABLE_OVERRIDES)
-    if state.get("base_digest") != digest:
-        raise HifieditError(f"Cannot resume: the base model differs from the one this run "
-                            f"trained against ({state.get('base')}).")
-    return saved, state
 
 
 def _initial_weights(config: RectifierTrainConfig, backbone) -> dict:
@@ -390,143 +369,136 @@ def build_points(cache: TrajectoryCache, images: torch.Tensor, grids, progress: 
     return points
 
 
+class RectifierJob(Job):
+    """Reconstruction training of R_φ with EMA against a frozen base (the loop does the rest)."""
+
+    desc = "train rectifier"
+
+    def __init__(self, config: RectifierTrainConfig, out: Path, backbone, train_images,
+                 val_images, cache: TrajectoryCache, points, start_from_init: bool, device,
+                 shard):
+        shard.check(config.batch_size)
+        self.config, self.out, self.backbone, self.cache = config, out, backbone, cache
+        self.points, self.train_images, self.val_images = points, train_images, val_images
+        self.shard = shard
+        self.log_header = ["step", "loss", "lr", "it_per_s",
+                           *[f"val_psnr_{s}" for s in config.eval_steps], "wall_s"]
+        torch.manual_seed(config.seed)
+        self.rect = Rectifier.for_unet(backbone.unet, config.rectifier_config()).to(device).train()
+        self.ema = copy.deepcopy(self.rect).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.rect.parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        init = _initial_weights(config, backbone) if start_from_init else None
+        if init is not None:
+            self.rect.load_state_dict(init["weights"])
+            self.ema.load_state_dict(init["weights"])
+        self.init_source = init["source"] if init else None
+        self.grad_clip = config.grad_clip
+        self.has_val = val_images is not None and len(val_images) > 0
+        self.last_val: dict = {}
+        self.lr = config.lr
+
+    def parameters(self):
+        return list(self.rect.parameters())
+
+    def loss(self, step, shard):
+        config = self.config
+        self.lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        loss = iteration_loss(self.backbone, self.rect, self.points, self.train_images, config,
+                              self.generator, shard)
+        loss.backward()
+        return loss
+
+    def after_update(self, step):
+        ema_update(self.ema, self.rect, min(self.config.ema_decay, (1 + step) / (10 + step)))
+
+    def evaluate(self, step):
+        if self.has_val and step % self.config.eval_every == 0:
+            self.last_val = heldout_psnr(self.backbone, self.ema, self.val_images, self.cache,
+                                         self.config.eval_steps)
+            return self.last_val
+        return {}
+
+    def log_row(self, step, window, evals):
+        ips = window.steps / max(window.seconds, 1e-9)
+        return [f"{window.loss:.6f}", f"{self.lr:.3g}", f"{ips:.3f}",
+                *[f"{evals[str(s)]:.3f}" if evals else "" for s in self.config.eval_steps]]
+
+    def postfix(self, window, evals):
+        ips = window.steps / max(window.seconds, 1e-9)
+        return {"loss": f"{window.loss:.5f}", "it_s": f"{ips:.2f}",
+                **{f"psnr{s}": f"{v:.2f}" for s, v in self.last_val.items()}}
+
+    def tensors(self):
+        return {"model": self.rect.state_dict(), "ema": self.ema.state_dict()}
+
+    def load(self, groups, state):
+        check_model_state(self.rect, groups["model"], "Checkpoint rectifier")
+        check_model_state(self.ema, groups["ema"], "Checkpoint EMA rectifier")
+
+    def meta(self, step):
+        return self.info
+
+    def export(self, step):
+        self.ema.save_pretrained(self.out / "rectifier")
+
+
 def train_rectifier(config: RectifierTrainConfig, out: Path, base: str | Path = "default",
-                    **kwargs) -> dict:
+                    resume: bool = False, max_minutes: float | None = None, backbone=None,
+                    train_images=None, val_images=None, cache_folder: Path | None = None,
+                    progress: bool = True, stop_after: int | None = None,
+                    device: str | torch.device = "cpu") -> dict:
     """Train (or resume) a rectifier for the base model ``base`` into ``out``; returns a summary.
 
     ``out/checkpoint/`` is the resumable state, ``out/rectifier/`` the exported EMA rectifier
-    (``Rectifier.from_pretrained``), ``out/log.csv`` the log. Keyword arguments: resume,
-    max_minutes, backbone (instead of loading ``base``), train_images/val_images (instead of
-    the OpenMoji splits), cache_folder (default: $HIFIEDIT_CACHE/trajectories), progress,
-    stop_after (stop at that step as if interrupted: the resume test), device ("auto": a GPU
-    if there is one; random draws stay on the CPU generator, as in the base trainer).
+    (``Rectifier.from_pretrained``), ``out/log.csv`` the log. ``backbone`` replaces loading
+    ``base``; ``train_images``/``val_images`` the OpenMoji splits; ``cache_folder`` defaults to
+    $HIFIEDIT_CACHE/trajectories; ``stop_after`` stops at that step as if interrupted (the
+    resume test); ``device`` "auto" is a GPU if there is one (random draws stay on the CPU
+    generator, as in the base trainer). Under a launcher the global batch is split over the
+    processes.
     """
-    threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
-        return _train(config, Path(out), base, **kwargs)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train(config: RectifierTrainConfig, out: Path, base, resume: bool = False,
-           max_minutes: float | None = None, backbone=None, train_images=None, val_images=None,
-           cache_folder: Path | None = None, progress: bool = True,
-           stop_after: int | None = None, device: str | torch.device = "cpu") -> dict:
-    from tqdm import tqdm
-
     from hifiedit.data.openmoji import cache_dir
     from hifiedit.diffusion.backbone import load_backbone
 
     config.validate()
-    ckpt_dir = prepare_run_dir(out, resume)
-    device = resolve_device(device)
-    backbone = backbone or load_backbone(base, device=device)
-    require(config.t0 < backbone.num_train_timesteps,
-            f"t0={config.t0} is beyond the base model's {backbone.num_train_timesteps} steps.")
-    digest = model_digest(backbone)
-    step, wall, saved, state = 0, 0.0, None, None
-    if resume:
-        saved, state = _resume_state(ckpt_dir, config, digest)
-        step, wall = state["step"], state["wall_seconds"]
-    start_step, start_wall = step, wall
-    if train_images is None:
-        train_images, val_images = _load_images(config, backbone.sample_size)
-    require(train_images.shape[-1] == backbone.sample_size,
-            f"images are {train_images.shape[-1]} px but the base model takes {backbone.sample_size}.")
-
-    train_images = train_images.to(device)
-    val_images = val_images.to(device) if val_images is not None else None
-    cache = TrajectoryCache(cache_folder or cache_dir() / "trajectories", backbone, config.t0,
-                            max_points=config.cache_points, inversion=config.inversion_spec())
-    points = build_points(cache, train_images, config.step_grids, progress)
-
-    torch.manual_seed(config.seed)
-    rect = Rectifier.for_unet(backbone.unet, config.rectifier_config()).to(device).train()
-    ema = copy.deepcopy(rect).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(rect.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    gen = torch.Generator().manual_seed(config.seed)
-    init = _initial_weights(config, backbone) if config.init_from and saved is None else None
-    if init is not None:
-        rect.load_state_dict(init["weights"])
-        ema.load_state_dict(init["weights"])
-    if saved is not None:
-        check_model_state(rect, saved["model"], "Checkpoint rectifier")
-        check_model_state(ema, saved["ema"], "Checkpoint EMA rectifier")
-        load_optimizer_state(opt, saved["optimizer"], state["param_groups"])
-        gen.set_state(saved["rng"]["generator"])
-
-    has_val = val_images is not None and len(val_images) > 0
-    plain = heldout_psnr(backbone, None, val_images, cache, config.eval_steps) if has_val else {}
-    log_path = out / "log.csv"
-    trim_log(log_path, step)
-    n_params = sum(p.numel() for p in rect.parameters())
-    target = min(config.max_steps, stop_after or config.max_steps)
-    deadline = time.monotonic() + 60 * max_minutes if max_minutes else math.inf
-    meta = {"base": portable_name(backbone.path or base), "base_digest": digest, "n_params": n_params,
-            "n_train_images": len(train_images), "val_psnr_ddim": plain,
-            "init_from": init["source"] if init else (state or {}).get("init_from")}
-
-    def checkpoint():
-        tensors, groups = optimizer_state(opt)
-        save_checkpoint(
-            ckpt_dir,
-            {"model": rect.state_dict(), "ema": ema.state_dict(), "optimizer": tensors,
-             "rng": {"generator": gen.get_state()}},
-            {"step": step, "wall_seconds": wall, "config": asdict(config), "param_groups": groups,
-             "machine": machine_description(),
-             "machines": machine_history(state, start_step, start_wall, step, wall), **meta},
-        )
-        ema.save_pretrained(out / "rectifier")
-
-    bar = tqdm(total=target, initial=step, disable=not progress, desc="train rectifier",
-               dynamic_ncols=True)
-    window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
-    stopped_early, last_val = False, {}
-    with StopFlag() as flag, open(log_path, "a", newline="") as log_file:
-        log = csv.writer(log_file)
-        if log_path.stat().st_size == 0:
-            log.writerow(["step", "loss", "lr", "it_per_s",
-                          *[f"val_psnr_{s}" for s in config.eval_steps], "wall_s"])
-        while step < target:
-            t_start = time.perf_counter()
-            lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
-            for group in opt.param_groups:
-                group["lr"] = lr
-            loss = iteration_loss(backbone, rect, points, train_images, config, gen)
-            optimizer_step(opt, loss, rect.parameters(), config.grad_clip, step)
-            ema_update(ema, rect, min(config.ema_decay, (1 + step) / (10 + step)))
-            step += 1
-            wall += time.perf_counter() - t_start
-            window_loss += loss.item()
-            window_n += 1
-            bar.update(1)
-
-            val = {}
-            if has_val and step % config.eval_every == 0:
-                val = last_val = heldout_psnr(backbone, ema, val_images, cache, config.eval_steps)
-            if step % config.log_every == 0 or val:
-                now = time.perf_counter()
-                ips = window_n / max(now - window_t, 1e-9)
-                log.writerow([step, f"{window_loss / window_n:.6f}", f"{lr:.3g}", f"{ips:.3f}",
-                              *[f"{val[str(s)]:.3f}" if val else "" for s in config.eval_steps],
-                              f"{wall:.1f}"])
-                log_file.flush()
-                bar.set_postfix(loss=f"{window_loss / window_n:.5f}", it_s=f"{ips:.2f}",
-                                **{f"psnr{s}": f"{v:.2f}" for s, v in last_val.items()})
-                window_loss, window_n, window_t = 0.0, 0, now
-            if step % config.checkpoint_every == 0:
-                checkpoint()
-            if flag.stop or time.monotonic() > deadline:
-                stopped_early = step < target
-                break
-    bar.close()
-    if step % config.checkpoint_every != 0:
-        checkpoint()
-    summary = {"step": step, "wall_seconds": wall, "stopped_early": stopped_early,
-               "out": portable_name(out), "rectifier": portable_name(out / "rectifier"),
+    out = Path(out)
+    with torch_threads(config.threads):
+        loop = TrainLoop(out, config, resume, RESUMABLE_OVERRIDES, max_minutes=max_minutes,
+                         stop_after=stop_after, progress=progress, device=device)
+        device = loop.device
+        backbone = backbone or load_backbone(base, device=device)
+        require(config.t0 < backbone.num_train_timesteps,
+                f"t0={config.t0} is beyond the base model's {backbone.num_train_timesteps} steps.")
+        digest = model_digest(backbone)
+        if loop.state is not None and loop.state.get("base_digest") != digest:
+            raise HifieditError(f"Cannot resume: the base model differs from the one this run "
+                                f"trained against ({loop.state.get('base')}).")
+        if train_images is None:
+            train_images, val_images = _load_images(config, backbone.sample_size)
+        require(train_images.shape[-1] == backbone.sample_size,
+                f"images are {train_images.shape[-1]} px but the base model takes "
+                f"{backbone.sample_size}.")
+        train_images = train_images.to(device)
+        val_images = val_images.to(device) if val_images is not None else None
+        cache = TrajectoryCache(cache_folder or cache_dir() / "trajectories", backbone, config.t0,
+                                max_points=config.cache_points, inversion=config.inversion_spec())
+        points = build_points(cache, train_images, config.step_grids, progress and loop.procs.main)
+        job = RectifierJob(config, out, backbone, train_images, val_images, cache, points,
+                           bool(config.init_from) and loop.saved is None, device, loop.shard)
+        plain = (heldout_psnr(backbone, None, val_images, cache, config.eval_steps)
+                 if job.has_val else {})
+        job.info = {"base": portable_name(backbone.path or base), "base_digest": digest,
+                    "n_params": sum(p.numel() for p in job.rect.parameters()),
+                    "n_train_images": len(train_images), "val_psnr_ddim": plain,
+                    "init_from": job.init_source or (loop.state or {}).get("init_from")}
+        result = loop.run(job)
+    summary = {**result, "out": portable_name(out), "rectifier": portable_name(out / "rectifier"),
                "cache": {"hits": cache.hits, "misses": cache.misses},
-               "val_psnr_rectified": last_val, **meta}
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+               "val_psnr_rectified": job.last_val, **job.info}
+    if loop.procs.main:
+        write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
