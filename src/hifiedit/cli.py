@@ -177,8 +177,15 @@ def cmd_edit(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from hifiedit.eval.bench import format_bench, run_bench
+    from hifiedit.eval.bench import format_bench, format_unet_pass, run_bench, run_unet_pass_bench
 
+    if args.unet_pass:
+        report = run_unet_pass_bench(model=args.model, batches=tuple(args.batches),
+                                     repeats=args.repeats, device=args.device,
+                                     json_path=Path(args.json) if args.json else None,
+                                     force=args.force)
+        print(format_unet_pass(report))
+        return
     report = run_bench(model=args.model, rectifier=args.rectifier, batches=tuple(args.batches),
                        steps=args.steps, repeats=args.repeats,
                        json_path=Path(args.json) if args.json else None, force=args.force)
@@ -231,6 +238,17 @@ def cmd_translate(args) -> None:
                              generator=torch.Generator().manual_seed(args.seed), progress=True)
         save_image(out, dst, args.force)
     print(f"wrote {pairs[0][1] if len(pairs) == 1 else f'{len(pairs)} images to {args.output}'}")
+
+
+def cmd_convert(args) -> None:
+    from hifiedit.diffusion.convert import convert_checkpoint
+
+    s = convert_checkpoint(args.source_format, args.ckpt, args.out, preset=args.preset,
+                           config=args.config, force=args.force)
+    variance = "; learned variance kept (6 output channels)" if s["learned_variance"] else ""
+    print(f"converted {s['source']} ({s['format']}, {s['architecture']}, {s['taken']}): "
+          f"{s['source_tensors']} tensors, {s['parameters'] / 1e6:.1f} M parameters{variance} "
+          f"-> {args.out}")
 
 
 def cmd_demo(args) -> None:
@@ -370,6 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--batches", type=_int_list, default=[1, 16])
     bn.add_argument("--steps", type=int, default=10, help="generation steps per timed chain")
     bn.add_argument("--repeats", type=int, default=2, help="timed chains per batch size")
+    bn.add_argument("--unet-pass", action="store_true",
+                    help="time one U-Net pass (forward; forward+backward) of --model and the "
+                         "memory it adds, instead of generation steps")
+    bn.add_argument("--device", default="auto", help="for --unet-pass: auto, cpu or cuda[:N]")
     bn.add_argument("--json", help="write the report here")
     bn.add_argument("--force", action="store_true", help="overwrite an existing --json")
     bn.set_defaults(func=cmd_bench)
@@ -448,6 +470,21 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("-o", "--output", required=True, help="a file, or a folder for a folder input")
     tl.add_argument("--force", action="store_true", help="overwrite existing outputs")
     tl.set_defaults(func=cmd_translate)
+
+    cv = sub.add_parser("convert", help="convert a DDIM-repository or guided-diffusion checkpoint "
+                                        "into a diffusers model folder")
+    cv.add_argument("--from", dest="source_format", required=True, choices=("ddim", "guided"),
+                    help="ddim: ermongroup/ddim's Model (SDEdit/DiffusionCLIP CelebA-HQ, LSUN); "
+                         "guided: OpenAI guided/improved-diffusion UNetModel (AFHQ-dog, FFHQ)")
+    cv.add_argument("--ckpt", required=True, help=".ckpt/.pt/.pth/.bin (read with "
+                                                  "weights_only=True) or .safetensors")
+    arch = cv.add_mutually_exclusive_group(required=True)
+    arch.add_argument("--preset", help="ddim: celeba_hq, lsun_bedroom, lsun_church; "
+                                       "guided: ffhq, afhq_dog")
+    arch.add_argument("--config", help="the original's hyper-parameters as JSON (inline or a file)")
+    cv.add_argument("--out", required=True, help="the model folder to write")
+    cv.add_argument("--force", action="store_true", help="replace an existing --out")
+    cv.set_defaults(func=cmd_convert)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default")
     demo.add_argument("--out", default="outputs/demo")
