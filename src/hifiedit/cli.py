@@ -251,6 +251,15 @@ def cmd_convert(args) -> None:
           f"-> {args.out}")
 
 
+def cmd_serve(args) -> None:
+    from hifiedit.serve import serve
+
+    serve(host=args.host, port=args.port, device=args.device, max_concurrency=args.max_concurrency,
+          model=args.model, examples=args.examples,
+          **({"max_bytes": int(args.max_upload_mb * 1e6)} if args.max_upload_mb else {}),
+          **({"max_pixels": int(args.max_megapixels * 1e6)} if args.max_megapixels else {}))
+
+
 def cmd_demo(args) -> None:
     from hifiedit.eval.demo import run_demo
 
@@ -492,6 +501,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-images", type=int, default=8)
     demo.add_argument("--force", action="store_true", help="replace the previous demo outputs")
     demo.set_defaults(func=cmd_demo)
+
+    sv = sub.add_parser("serve", help="a web page for editing uploaded images (Gradio)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
+    sv.add_argument("--port", type=int, default=7860)
+    sv.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda")
+    sv.add_argument("--max-concurrency", type=int, default=1,
+                    help="requests run at once, each on its own copy of the models; the rest queue")
+    sv.add_argument("--model", default="default", help="default, a shipped name, or a model folder")
+    sv.add_argument("--examples", type=int, default=6,
+                    help="test-split OpenMoji examples offered on the page (0: none)")
+    sv.add_argument("--max-upload-mb", type=float, help="refuse larger uploads (default 10)")
+    sv.add_argument("--max-megapixels", type=float, help="refuse larger images (default 16)")
+    sv.set_defaults(func=cmd_serve)
     return p
 
 

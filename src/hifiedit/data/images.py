@@ -13,20 +13,30 @@ from hifiedit.errors import HifieditError
 SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
 
 
-def load_image(path: Path | str, size: int, crop: bool = False) -> torch.Tensor:
+def load_image(path: Path | str, size: int, crop: bool = False, max_bytes: int | None = None,
+               max_pixels: int | None = None) -> torch.Tensor:
     """An image file as a (1, 3, size, size) tensor in [-1, 1].
 
     Transparency is composited on white (the OpenMoji domain's background); grey, palette and
     CMYK images become RGB. A square image of another size is resized; a non-square one is
     refused unless `crop` (centre crop), since squashing it would change what it shows.
+    `max_bytes` and `max_pixels` refuse larger files and images before they are decoded (the
+    pixel count is read from the header), for images that come from someone else.
     """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise HifieditError(f"{path}: no such image file.")
+    if max_bytes is not None and path.stat().st_size > max_bytes:
+        raise HifieditError(f"{path}: the file is {path.stat().st_size / 1e6:.1f} MB, over the "
+                            f"{max_bytes / 1e6:g} MB limit.")
     try:
         with Image.open(path) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise HifieditError(f"{path} is {img.width}×{img.height} "
+                                    f"({img.width * img.height / 1e6:.1f} megapixels), over the "
+                                    f"{max_pixels / 1e6:g} megapixel limit.")
             img.load()  # decode now: a truncated file fails here, not later
             img = _to_rgb(img)
     except UnidentifiedImageError as e:
