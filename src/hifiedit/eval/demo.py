@@ -25,16 +25,21 @@ def run_demo(out: Path, model: str = "default", n_images: int = 8, force: bool =
     """Write reconstructions.png + metrics.json (and edits.png + edits.json) under `out`;
     return the printed summary."""
     from hifiedit.models import is_shipped
+    from hifiedit.rectifier import DEFAULT_RECTIFIERS
 
     out = Path(out)
     rectify = model == "default" and is_shipped("default", "rectifier")
     methods = ("ddim", "rectified", "sdedit") if rectify else DEFAULT_METHODS
+    # Both inversions, when each has its rectifier (or none is used): fixed-point inversion is
+    # what `hifiedit reconstruct` does by default.
+    both = not rectify or is_shipped(DEFAULT_RECTIFIERS["fixed-point"], "rectifier")
     config = ReconConfig(model=model, steps=(6, 40), limit=n_images, grid_images=n_images,
-                         methods=methods)
+                         methods=methods, inversions=("ddim", "fixed-point") if both else ("ddim",))
     report = run_recon_eval(config, json_path=out / "metrics.json",
                             grid_path=out / "reconstructions.png", force=force)
     text = (format_table(report) + f"\n\nwrote {out / 'reconstructions.png'} (rows: original, "
-            + ", ".join(f"{r['method']}@{r['steps']}" for r in report["rows"])
+            + ", ".join(f"{r['method']}{'' if r.get('inversion') in (None, 'ddim') else ' ' + r['inversion']}"
+                        f"@{r['steps']}" for r in report["rows"])
             + f") and {out / 'metrics.json'}")
     edits = shipped_demo_edits() if model == "default" else []
     if edits and _judge_ships():
