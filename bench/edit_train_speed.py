@@ -2,6 +2,10 @@
 (the paper's efficiency claim: one U-Net pass per iteration instead of a chain of S_train passes;
 the target is score matching at ≤ 1/3 of Markovian's s/iter at S_train = 6, same batch).
 
+An iteration is one batch: one edited pass per sample for score matching, one chain of
+S_train moves for every Markovian variant (the per-move variant makes S_train optimizer
+updates in it, the others one); ``optimizer_steps`` says how many each made.
+
 Runs the real trainer (``train_edit``) for a few iterations per method on the default base
 model and the default LoRA ψ, same batch, S_train = 6, and reports the trainer's own
 ``s_per_iter`` (median, first iteration excluded). The guiding CLIP has the architecture of
@@ -37,6 +41,7 @@ RUNS = [("score-matching", "score-matching", "full", False),
         ("score-matching + rectifier", "score-matching", "full", True),
         ("markovian full", "markovian", "full", False),
         ("markovian efficient", "markovian", "efficient", False),
+        ("markovian per-move", "markovian", "per-move", False),
         ("markovian full + rectifier", "markovian", "full", True)]
 
 
@@ -81,7 +86,7 @@ def main() -> None:
                                s_train=6, t_edit=args.t_edit, log_every=1,
                                checkpoint_every=10_000)
         images = default_training_images(base.src, bb.sample_size)[: args.images]
-        rows = {}
+        rows, updates = {}, {}
         for label, method, variant, rectified in RUNS:
             config = EditTrainConfig(**{**base.__dict__, "method": method,
                                         "markovian_variant": variant,
@@ -89,11 +94,16 @@ def main() -> None:
             summary = train_edit(config, tmp / label.replace(" ", "_"), backbone=bb,
                                  train_images=images, cache_folder=tmp / "cache", progress=False)
             rows[label] = summary["s_per_iter"]
-            print(f"{label:30s} {summary['s_per_iter']:.3f} s/iter", flush=True)
-    report = {"s_per_iter": rows, "batch_size": args.batch_size, "s_train": 6,
+            updates[label] = summary["optimizer_steps"]
+            print(f"{label:30s} {summary['s_per_iter']:.3f} s/iter, "
+                  f"{summary['optimizer_steps']} optimizer steps", flush=True)
+    report = {"s_per_iter": rows, "optimizer_steps": updates, "batch_size": args.batch_size,
+              "s_train": 6,
               "t_edit": args.t_edit, "iters": args.iters,
               "ratio_markovian_full_over_score_matching":
                   rows["markovian full"] / rows["score-matching"],
+              "ratio_markovian_per_move_over_score_matching":
+                  rows["markovian per-move"] / rows["score-matching"],
               "ratio_markovian_full_rect_over_score_matching_rect":
                   rows["markovian full + rectifier"] / rows["score-matching + rectifier"],
               "clip": clip_what,

@@ -74,7 +74,19 @@ def run_edit(fixtures: Path, out: Path, steps: int, **kw) -> dict:
                       cache_folder=fixtures / "cache", progress=False, **kw)
 
 
-RUNS = {"base": run_base, "rect": run_rect, "edit": run_edit}
+def run_edit_per_move(fixtures: Path, out: Path, steps: int, **kw) -> dict:
+    """The Markovian per-move variant: S_train updates per step, each on gradients all-reduced
+    over the processes."""
+    from hifiedit.train.edit import EditTrainConfig, train_edit
+
+    config = EditTrainConfig(**{**EDIT, "iters": steps, "clip": str(fixtures / "clip"),
+                                "rectifier": str(fixtures / "rect"), "method": "markovian",
+                                "markovian_variant": "per-move", "lr": 1e-3})
+    return train_edit(config, out, base=fixtures / "ddpm", train_images=images(5, 0),
+                      cache_folder=fixtures / "cache", progress=False, **kw)
+
+
+RUNS = {"base": run_base, "rect": run_rect, "edit": run_edit, "edit-per-move": run_edit_per_move}
 
 
 def main(argv: list[str]) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from multiproc_runs import make_fixtures, run_base, run_edit, run_rect
+from multiproc_runs import make_fixtures, run_base, run_edit, run_edit_per_move, run_rect
 from safetensors.torch import load_file
 
 import hifiedit
@@ -69,6 +69,7 @@ def two_processes(fixtures, tmp_path_factory):
     ("base", run_base, ("model", "ema", "optimizer")),
     ("rect", run_rect, ("model", "ema", "optimizer")),
     ("edit", run_edit, ("edit", "optimizer")),
+    ("edit-per-move", run_edit_per_move, ("edit", "optimizer")),
 ])
 def test_two_processes_train_as_one_on_the_global_batch(fixtures, two_processes, tmp_path,
                                                         name, run, groups):
@@ -87,9 +88,12 @@ def test_two_processes_train_as_one_on_the_global_batch(fixtures, two_processes,
     assert torch.equal(rng1["generator"], rng2["generator"])
     state = json.loads((two_processes / name / "checkpoint" / "state.json").read_text())
     assert state["step"] == STEPS and state["processes"] == 2
+    if name == "edit-per-move":  # an update after each of the S_train = 3 moves, in both
+        steps = {float(v) for k, v in two["optimizer"].items() if k.endswith("step")}
+        assert steps == {3.0 * STEPS}, steps
     # Training moved the weights: LoRA's B factors start at zero, and an EMA that lags its
     # model shows the model changed.
-    if name == "edit":
+    if name.startswith("edit"):
         assert any(v.abs().max() > 0 for k, v in one["edit"].items() if k.endswith("lora_B"))
     else:
         assert any(not torch.equal(one["model"][k], one["ema"][k]) for k in one["model"])

@@ -181,6 +181,89 @@ def test_resume_continues_identically(tiny, clip_dir, rect_dir, tmp_path):
              resume=True)
 
 
+def _per_move_by_hand(bb, clip_dir, rect_dir, config, images, cache):
+    """DiffusionCLIP's clip_finetune_eff for one batch, written out: at every move of the
+    S_train chain a detached state, ψ's (rectified) ε, the loss on that move's x̂0, backward,
+    clip, Adam step; the chain moves on with the ε of the weights before the step."""
+    from hifiedit.diffusion.ddim import DDIMConventions, ddim_step, predict_x0
+    from hifiedit.guidance import load_clip, text_direction
+    from hifiedit.train.edit import edit_loss
+
+    task, _, _ = build_task(config, bb, images, cache)  # only for the cached inverted x_t0
+    params = EditParams.for_unet(bb.unet, config.params_config(), seed=config.seed)
+    psi = params.as_unet(bb.unet)
+    opt = torch.optim.Adam(params.parameters(), lr=config.lr)
+    rect = Rectifier.load_frozen(rect_dir, bb.unet)
+    clip = load_clip(str(clip_dir))
+    with torch.no_grad():
+        src_emb = clip.encode_images(images)
+    direction = text_direction(clip, config.src, config.tgt)
+    idx = torch.randint(len(images), (config.batch_size,),
+                        generator=torch.Generator().manual_seed(config.seed))
+    x, x0 = task.states[idx, -1], images[idx]
+    with torch.no_grad():
+        code = rect.encode_x0(x0)
+    grid = DDIMConventions().timesteps(config.t0, config.s_train)
+    ac = bb.alphas_cumprod.to(torch.float64)
+    alpha = lambda t: 1.0 if t == 0 else float(ac[t])  # noqa: E731  the last move lands on ᾱ = 1
+    steps = 0
+    for t_from, t_to in zip(grid[::-1][:-1], grid[::-1][1:]):
+        x = x.detach()
+        t = torch.full((len(x),), t_from)
+        eps = rectified_eps(bb, rect, x, t, code, unet=psi, step=torch.full((len(x),), t_from - t_to))
+        loss = edit_loss(clip, predict_x0(x, eps, ac[t]), x0, src_emb[idx], direction, config)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params.parameters(), config.grad_clip)
+        opt.step()
+        steps += 1
+        x = ddim_step(x, eps.detach(), alpha(t_from), alpha(t_to))
+    return params, steps
+
+
+def test_per_move_variant_is_diffusionclips_loop(tiny, clip_dir, rect_dir, tmp_path):
+    _, bb = tiny
+    config = _config(clip_dir, rect_dir, method="markovian", markovian_variant="per-move",
+                     iters=1, lr=1e-3)
+    images = _images(5, 0)
+    summary = _run(tiny, tmp_path / "run", tmp_path / "cache", config)
+    assert summary["step"] == 1 and summary["optimizer_steps"] == config.s_train
+    want, steps = _per_move_by_hand(bb, clip_dir, rect_dir, config, images, tmp_path / "cache")
+    assert steps == config.s_train == 3
+    got = load_file(str(tmp_path / "run" / "checkpoint" / "edit.safetensors"))
+    ref = want.tensors()
+    assert got.keys() == ref.keys()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=0, atol=1e-6)
+    # The weights moved: one update per move, not none.
+    assert max((ref[k] - v).abs().max() for k, v in
+               EditParams.for_unet(bb.unet, config.params_config(), seed=0).tensors().items()) > 1e-4
+    # Adam counted S_train updates for every offset.
+    opt = load_file(str(tmp_path / "run" / "checkpoint" / "optimizer.safetensors"))
+    counts = {float(v) for k, v in opt.items() if k.endswith("step")}
+    assert counts == {float(config.s_train)}, counts
+
+
+def test_per_move_resumes_identically_and_counts_updates(tiny, clip_dir, tmp_path):
+    config = _config(clip_dir, "none", method="markovian", markovian_variant="per-move",
+                     iters=4, lr=1e-3, t_edit=100)  # S_train 3 over t0 200: moves at 200, 133, 66
+    cache = tmp_path / "cache"
+    straight = _run(tiny, tmp_path / "straight", cache, config)
+    _run(tiny, tmp_path / "split", cache, config, stop_after=2)
+    split = _run(tiny, tmp_path / "split", cache, config, resume=True)
+    for group in ("edit", "optimizer", "rng"):
+        a = load_file(str(tmp_path / "straight" / "checkpoint" / f"{group}.safetensors"))
+        b = load_file(str(tmp_path / "split" / "checkpoint" / f"{group}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), group
+    # Two of the three moves lie in the editing interval: two updates per iteration.
+    assert straight["optimizer_steps"] == split["optimizer_steps"] == 4 * 2
+    log = [r.split(",") for r in (tmp_path / "split" / "log.csv").read_text().splitlines()]
+    assert log[0] == ["step", "loss", "s_per_iter", "wall_s"]
+    assert [int(r[0]) for r in log[1:]] == [1, 2, 3, 4] and all(float(r[2]) > 0 for r in log[1:])
+    with pytest.raises(HifieditError, match="markovian_variant"):
+        EditTrainConfig(src="man", tgt="woman", markovian_variant="per_move").validate()
+
+
 def test_bad_texts_and_sources_are_refused(tmp_path, capsys):
     with pytest.raises(HifieditError, match="non-empty"):
         EditTrainConfig(src=" ", tgt="dark skin tone").validate()
@@ -255,7 +338,7 @@ def test_editing_interval_leaves_the_low_levels_to_the_base(tiny):
         pipe.edit(x, edit, steps=4, t_edit=500)
 
 
-@pytest.mark.parametrize("variant", ["full", "efficient"])
+@pytest.mark.parametrize("variant", ["full", "efficient", "per-move"])
 def test_markovian_chain_uses_the_base_below_the_interval(tiny, clip_dir, tmp_path, monkeypatch,
                                                           variant):
     _, bb = tiny
@@ -266,8 +349,12 @@ def test_markovian_chain_uses_the_base_below_the_interval(tiny, clip_dir, tmp_pa
     real = task.backbone.eps
     monkeypatch.setattr(task.backbone, "eps", lambda x, t, unet=None:
                         calls.append((int(t.reshape(-1)[0]), unet is not None)) or real(x, t, unet=unet))
+    task.update = lambda loss: calls.append("update")
     STEPS["markovian"](task, torch.Generator().manual_seed(0))
-    assert calls == [(200, True), (133, True), (66, False)]
+    if variant == "per-move":  # an update after each move inside the interval, none below
+        assert calls == [(200, True), "update", (133, True), "update", (66, False)]
+    else:
+        assert calls == [(200, True), (133, True), (66, False)]
 
 
 def test_score_matching_draws_only_inside_the_interval(tiny, clip_dir, tmp_path, monkeypatch):

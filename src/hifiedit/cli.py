@@ -323,7 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--src", help="source text, e.g. 'light skin tone'")
     te.add_argument("--tgt", help="target text, e.g. 'dark skin tone'")
     te.add_argument("--method", choices=["score-matching", "markovian"])
-    te.add_argument("--markovian-variant", choices=["full", "efficient"])
+    te.add_argument("--markovian-variant", choices=["full", "efficient", "per-move"],
+                    help="full: backprop through the chain; efficient: per-move backprop, one "
+                         "update per iteration; per-move: an update after every move "
+                         "(DiffusionCLIP's clip_finetune_eff)")
     te.add_argument("--rectifier", help="default, none, or a rectifier folder")
     te.add_argument("--clip", help="the guiding CLIP: default or a CLIPModel folder")
     te.add_argument("--images", type=int, help="N training images (0 = all)")

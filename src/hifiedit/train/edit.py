@@ -14,13 +14,36 @@ and differ only in *where* P̂ comes from:
   One U-Net forward/backward per sample, no chain. A step-conditioned R is told the move an
   S_train-step generation takes at t, so that P̂ is the estimate the edited chain will see.
 * **markovian** (DiffusionCLIP): from the inverted x_{t0}, S_train DDIM steps *with ψ*, each
-  step starting from the edited previous state; the loss on every step's estimate. ``full``
-  backpropagates through the whole chain; ``efficient`` (DiffusionCLIP's GPU-efficient
-  variant) backpropagates each step's loss at once from a detached state. Unlike
-  DiffusionCLIP, which steps its optimizer after every move, the per-step gradients are
-  accumulated into one update per iteration, so "iterations" and "lr" mean the same for every
-  method and the comparison is at equal budget. No learning-rate schedule grows
-  (DiffusionCLIP multiplies its lr by 1.3 per outer iteration): the lr is constant.
+  step starting from the edited previous state. Three variants:
+
+  - ``full``: the loss on every step's estimate (mean over steps), backpropagated through the
+    whole chain, one optimizer update per iteration. (DiffusionCLIP's ``clip_finetune`` also
+    backpropagates through the whole chain with one update per batch, but puts the loss on the
+    chain's final output only.)
+  - ``efficient``: each move's loss (÷ S_train) is backpropagated at once from a detached
+    state and the gradients are accumulated into one update per iteration: DiffusionCLIP's
+    memory saving at the other variants' budget, so "iterations" and "lr" mean the same for
+    every method.
+  - ``per-move``: DiffusionCLIP as it runs (``clip_finetune_eff``, the mode its README offers
+    "to save GPU memory"): at every move the state is detached, ψ's ε gives that move's x̂0_t,
+    the loss (directional CLIP + λ_L1·L1 to x0) on x̂0_t is backpropagated and the optimizer
+    steps (the training loop's own update: gradients averaged over the processes, clipped),
+    so the next move already runs with the updated ψ. One iteration is still one chain of
+    S_train moves over one batch, and so makes S_train optimizer updates (moves below the
+    editing interval make none): at equal iterations it sees the same images and U-Net
+    passes as ``efficient`` with S_train times the updates; the log's ``s_per_iter`` and
+    ``wall_s`` give the equal-wall-clock view.
+
+  What DiffusionCLIP's released ``diffusionclip.py`` (gwang-kim/DiffusionCLIP, read at commit
+  794d8ab; the stored copy has lost its line breaks, so statements are named instead of
+  lines) does: in ``clip_finetune`` the inner ``for t_it, (i, j)`` loop only chains
+  ``x = denoising_step(...)``; after it the loss is computed once on the final ``x`` and
+  ``loss.backward(); optim_ft.step()`` run once per batch. In ``clip_finetune_eff`` the same
+  loop calls ``denoising_step(..., out_x0_t=True)``, detaches ``x``, computes
+  −log((2 − L_dir(x0, x̂0_t)) / 2) + λ_L1 · ‖x̂0_t − x0‖₁ (our ``loss_form="log"``) and runs
+  ``loss.backward(); optim_ft.step()`` and clears the gradients inside the loop, after every
+  move. Its lr is multiplied by ``sch_gamma`` = 1.3 after each pass over the training images
+  (``scheduler_ft.step()``); no variant here grows the lr (no EMA either): it is constant.
 * both take an **editing interval** ``t_edit``: ψ acts only at levels t ≥ t_edit (score
   matching draws its points there; the chain moves with θ below), as at inference.
 
@@ -36,6 +59,7 @@ import json
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -53,7 +77,7 @@ from hifiedit.models import portable_name
 from hifiedit.train.trajectories import TrajectoryCache
 
 METHODS = ("score-matching", "markovian")
-VARIANTS = ("full", "efficient")
+VARIANTS = ("full", "efficient", "per-move")
 # Fields that may differ when resuming: how long and how visibly we train, not what.
 RESUMABLE_OVERRIDES = {"iters", "log_every", "checkpoint_every", "threads"}
 
@@ -179,6 +203,10 @@ class EditTask:
     kept: torch.Tensor
     levels: torch.Tensor
     conventions: DDIMConventions = DDIMConventions()
+    # The training loop's optimizer update (gradients averaged over the processes, clipped,
+    # the step, gradients cleared), given this move's loss; the per-move Markovian variant
+    # calls it after every move (:meth:`hifiedit.train.loop.TrainLoop.update`).
+    update: Callable[[float], None] | None = None
 
     def alpha(self, t: torch.Tensor) -> torch.Tensor:
         return self.backbone.alphas_cumprod.to(torch.float64)[t]
@@ -251,8 +279,9 @@ def score_matching_step(task: EditTask, gen: torch.Generator, shard: Shard = Sha
 
 def markovian_step(task: EditTask, gen: torch.Generator, shard: Shard = Shard()) -> float:
     """DiffusionCLIP: S_train DDIM steps with ψ from the inverted x_{t0}, the loss on every
-    step's estimate (mean over steps); backpropagates and returns the loss (of this process's
-    slice of the batch)."""
+    step's estimate; backpropagates and returns the loss (mean over steps, of this process's
+    slice of the batch). The per-move variant also updates ψ after every move
+    (``task.update``)."""
     c = task.config
     idx = shard.take(torch.randint(len(task.images), (c.batch_size,), generator=gen))
     code = task.x0_code(task.images[idx])
@@ -269,20 +298,28 @@ def markovian_step(task: EditTask, gen: torch.Generator, shard: Shard = Shard())
         loss = torch.stack([task.loss(p, idx) for p in traj.x0_preds]).mean()
         loss.backward()
         return loss.item()
+    per_move = c.markovian_variant == "per-move"
+    require(not per_move or task.update is not None,
+            "the per-move Markovian variant steps the optimizer itself: set EditTask.update.")
     total = 0.0
 
     def step_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        # The GPU-efficient variant: this move's loss is backpropagated now, from a state
-        # with no graph, and the chain continues from detached values.
-        # Below the editing interval the move is the base's: nothing there reaches ψ.
+        # This move's loss is backpropagated now, from a state with no graph, and the chain
+        # continues from detached values (DiffusionCLIP's clip_finetune_eff). Below the
+        # editing interval the move is the base's: nothing there reaches ψ.
         nonlocal total
         x = x.detach()
         with torch.set_grad_enabled(in_interval(t, c.t_edit)):
             eps = eps_fn(x, t)
-            loss = task.loss(predict_x0(x, eps, task.alpha(t)), idx) / c.s_train
+            loss = task.loss(predict_x0(x, eps, task.alpha(t)), idx)
         if loss.requires_grad:
-            loss.backward()
-        total += loss.item()
+            # efficient: accumulate the mean over moves into the iteration's one update;
+            # per-move: DiffusionCLIP's own update after this move, on this move's whole loss.
+            (loss if per_move else loss / c.s_train).backward()
+            if per_move:
+                # Leaves no gradient behind: the loop's update after the iteration is a no-op.
+                task.update(loss.item())
+        total += loss.item() / c.s_train
         return eps.detach()
 
     generate(step_eps, x_t0, grid, ac, task.conventions)
@@ -353,6 +390,9 @@ class EditJob(Job):
         self.generator = torch.Generator().manual_seed(config.seed)
         self.grad_clip = config.grad_clip
         self.run_step = STEPS[config.method]
+        # The per-move Markovian variant updates through the loop's own update (set by the
+        # loop before the first step).
+        task.update = lambda loss: self.update(loss)
 
     def parameters(self):
         return list(self.params.parameters())
@@ -421,6 +461,7 @@ def train_edit(config: EditTrainConfig, out: Path, base: str | Path = "default",
         result = loop.run(job)
     summary = {**result, "s_per_iter": _median(job.step_times), "out": portable_name(out),
                "edit": portable_name(out / "edit"), "base_digest": digest, "n_edit_params": params.n_params,
+               "optimizer_steps": _optimizer_steps(job.optimizer),
                **meta, **{k: info[k] for k in ("method", "markovian_variant", "src", "tgt",
                                               "n_train_images")}}
     if loop.procs.main:
@@ -431,3 +472,9 @@ def train_edit(config: EditTrainConfig, out: Path, base: str | Path = "default",
 def _median(times: list[float]) -> float | None:
     """Seconds per iteration, without the first one (lazy initialisation) when there are more."""
     return statistics.median(times[1:] if len(times) > 1 else times) if times else None
+
+
+def _optimizer_steps(opt: torch.optim.Optimizer) -> int:
+    """Updates Adam has made (its per-parameter step count): one per iteration, S_train per
+    iteration for the per-move Markovian variant."""
+    return max((int(s["step"]) for s in opt.state.values() if "step" in s), default=0)

@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -199,6 +200,12 @@ class Job:
     grad_clip: float = 0.0
     # Seconds of each step this process ran (kept by the loop; trainers report their median).
     step_times: list[float]
+    # Set by the loop before the first step: its own optimizer update (gradients averaged over
+    # the processes, clipped, the step, gradients cleared), given the loss whose gradients it
+    # applies, for a job that updates inside its loss step (DiffusionCLIP's per-move
+    # fine-tuning). Every process must call it equally often; gradients it leaves cleared make
+    # the loop's update after the step a no-op.
+    update: Callable[[float], None]
 
     def parameters(self) -> list[torch.nn.Parameter]:
         raise NotImplementedError
@@ -307,6 +314,24 @@ class TrainLoop:
              **job.meta(self.step)})
         job.export(self.step)
 
+    # ----------------------------------------------------------------- the update
+
+    def _apply(self, job: Job, params: list[torch.nn.Parameter]) -> None:
+        """The update from this process's gradients: their mean over the processes (the
+        global batch's gradient), clipped, one optimizer step."""
+        self.procs.average_gradients(params)
+        if job.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, job.grad_clip)
+        job.optimizer.step()
+
+    def _update_within(self, job: Job, params: list[torch.nn.Parameter], loss: float) -> None:
+        """``job.update``: an update inside a step, checked and applied as the step's own."""
+        loss, _ = self.procs.mean_and_any(loss, False)
+        if not math.isfinite(loss):
+            raise HifieditError(f"Loss became {loss} in step {self.step}; lower the lr.")
+        self._apply(job, params)
+        job.optimizer.zero_grad(set_to_none=True)
+
     # ----------------------------------------------------------------- the loop
 
     def run(self, job: Job) -> dict:
@@ -326,6 +351,7 @@ class TrainLoop:
         deadline = time.monotonic() + 60 * self.max_minutes if self.max_minutes else math.inf
         every_log, every_ckpt = self.config.log_every, self.config.checkpoint_every
         params = job.parameters()
+        job.update = lambda loss: self._update_within(job, params, loss)
         bar = tqdm(total=self.target, initial=self.step, disable=not (self.progress and main),
                    desc=job.desc, dynamic_ncols=True)
         window_loss, window_n, window_s, window_t = 0.0, 0, 0.0, time.perf_counter()
@@ -340,10 +366,7 @@ class TrainLoop:
                 loss, stop = self.procs.mean_and_any(loss, stop)
                 if not math.isfinite(loss):
                     raise HifieditError(f"Loss became {loss} at step {self.step}; lower the lr.")
-                self.procs.average_gradients(params)
-                if job.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, job.grad_clip)
-                job.optimizer.step()
+                self._apply(job, params)
                 job.after_update(self.step)
                 elapsed = time.perf_counter() - t_start
                 self.step += 1
