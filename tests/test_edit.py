@@ -385,8 +385,10 @@ def test_score_matching_tells_the_rectifier_the_generation_move(tiny, clip_dir, 
     task, _, _ = build_task(_config(clip_dir, rect_dir), bb, _images(5, 0), tmp_path / "cache")
     seen = []
     real = hifiedit.rectifier.rectified_eps
-    monkeypatch.setattr(hifiedit.rectifier, "rectified_eps", lambda bb_, r, x, t, code, unet=None, step=None:
-                        seen.append((t.tolist(), step.tolist())) or real(bb_, r, x, t, code, unet=unet, step=step))
+    monkeypatch.setattr(hifiedit.rectifier, "rectified_eps",
+                        lambda bb_, r, x, t, code, unet=None, step=None, **kw:
+                        seen.append((t.tolist(), step.tolist()))
+                        or real(bb_, r, x, t, code, unet=unet, step=step, **kw))
     gen = torch.Generator().manual_seed(0)
     for _ in range(4):
         STEPS["score-matching"](task, gen)

@@ -61,7 +61,7 @@ def cmd_train_base(args) -> None:
                             {"max_steps": args.max_steps, "threads": args.threads,
                              "cooldown_steps": args.cooldown_steps})
     summary = train_base(config, Path(args.out), resume=args.resume, max_minutes=args.max_minutes,
-                         device=args.device)
+                         device=args.device, precision=args.precision)
     _print_summary(summary)
 
 
@@ -86,7 +86,8 @@ def cmd_train_clip(args) -> None:
 
     config = config_for_run(ClipTrainConfig, args.config, args.out, args.resume,
                             {"max_steps": args.max_steps, "threads": args.threads})
-    summary = train_clip(config, Path(args.out), resume=args.resume, max_minutes=args.max_minutes)
+    summary = train_clip(config, Path(args.out), resume=args.resume, max_minutes=args.max_minutes,
+                         device=args.device, precision=args.precision)
     print(json.dumps(summary))
 
 
@@ -95,7 +96,8 @@ def cmd_eval_clip(args) -> None:
 
     report = run_clip_eval(args.model, split=args.split,
                            json_path=Path(args.json) if args.json else None, force=args.force,
-                           image_size=args.size, directions=tuple(args.direction or ()))
+                           image_size=args.size, directions=tuple(args.direction or ()),
+                           device=args.device, precision=args.precision)
     print(format_report(report))
 
 
@@ -119,10 +121,12 @@ def cmd_eval_recon(args) -> None:
         model=args.model, split=args.split, steps=tuple(args.steps), t0=args.t0,
         s_for=args.s_for, limit=args.limit, seed=args.seed, methods=tuple(args.methods),
         rectifier=args.rectifier, inversions=tuple(args.inversion), fp_iters=args.fp_iters,
+        image_dir=args.image_dir or "", crop=args.crop,
     )
     report = run_recon_eval(config, json_path=Path(args.json) if args.json else None,
                             grid_path=Path(args.grid) if args.grid else None, force=args.force,
-                            device=args.device, reuse=Path(args.reuse) if args.reuse else None)
+                            device=args.device, reuse=Path(args.reuse) if args.reuse else None,
+                            precision=args.precision)
     from hifiedit.eval.recon import format_table
 
     print(format_table(report))
@@ -134,9 +138,12 @@ def cmd_train_rectifier(args) -> None:
 
     config = config_for_run(RectifierTrainConfig, args.config, args.out, args.resume,
                             {"max_steps": args.max_steps, "threads": args.threads,
-                             "init_from": args.init_from})
+                             "init_from": args.init_from, "image_dir": args.image_dir,
+                             "crop": args.crop or None})
     summary = train_rectifier(config, Path(args.out), base=args.base, resume=args.resume,
-                              max_minutes=args.max_minutes, device=args.device)
+                              max_minutes=args.max_minutes, device=args.device,
+                              precision=args.precision,
+                              grad_checkpointing=args.grad_checkpointing)
     _print_summary(summary)
 
 
@@ -151,10 +158,11 @@ def cmd_train_edit(args) -> None:
                  "iters": args.iters,
                  "lr": args.lr, "w_dir": args.w_dir, "w_l1": args.w_l1,
                  "batch_size": args.batch_size, "param_method": args.params, "rank": args.rank,
-                 "threads": args.threads}
+                 "threads": args.threads, "crop": args.crop or None}
     config = config_for_run(EditTrainConfig, args.config, args.out, args.resume, overrides)
     summary = train_edit(config, Path(args.out), base=args.base, resume=args.resume,
-                         max_minutes=args.max_minutes)
+                         max_minutes=args.max_minutes, device=args.device,
+                         precision=args.precision, grad_checkpointing=args.grad_checkpointing)
     _print_summary(summary)
 
 
@@ -165,7 +173,8 @@ def cmd_edit(args) -> None:
 
     plan_outputs(args.input, args.output, args.force)  # fail before any model work
     pipe = HifiEditPipeline.from_pretrained(args.model, rectifier=args.rectifier,
-                                            inversion=_inversion(args))
+                                            inversion=_inversion(args), device=args.device,
+                                            precision=args.precision)
     edits = [load_edit(e, pipe.backbone) for e in args.edit]
     if pipe.rectifier is None and any(e.rectified for e in edits):
         print("note: the edit was trained with a rectifier but none is loaded; editing "
@@ -182,13 +191,15 @@ def cmd_bench(args) -> None:
     if args.unet_pass:
         report = run_unet_pass_bench(model=args.model, batches=tuple(args.batches),
                                      repeats=args.repeats, device=args.device,
+                                     precision=args.precision,
                                      json_path=Path(args.json) if args.json else None,
                                      force=args.force)
         print(format_unet_pass(report))
         return
     report = run_bench(model=args.model, rectifier=args.rectifier, batches=tuple(args.batches),
                        steps=args.steps, repeats=args.repeats,
-                       json_path=Path(args.json) if args.json else None, force=args.force)
+                       json_path=Path(args.json) if args.json else None, force=args.force,
+                       device=args.device, precision=args.precision)
     print(format_bench(report))
 
 
@@ -199,7 +210,7 @@ def cmd_reconstruct(args) -> None:
     check_output_path(args.output, args.force)  # fail before any model work
     pipe = HifiEditPipeline.from_pretrained(
         args.model, rectifier=None if args.no_rectifier else args.rectifier,
-        inversion=_inversion(args))
+        inversion=_inversion(args), device=args.device, precision=args.precision)
     if pipe.rectifier is None and not args.no_rectifier:
         print(f"note: no rectifier for {args.inversion} inversion; generating without one",
               file=sys.stderr)
@@ -216,7 +227,8 @@ def cmd_eval_edit(args) -> None:
                             judge=args.judge, rectifier=args.rectifier, limit=args.limit,
                             references=not args.no_references)
     report = run_edit_eval(config, json_path=Path(args.json) if args.json else None,
-                           grid_path=Path(args.grid) if args.grid else None, force=args.force)
+                           grid_path=Path(args.grid) if args.grid else None, force=args.force,
+                           device=args.device, precision=args.precision)
     print(format_table(report))
 
 
@@ -229,7 +241,8 @@ def cmd_translate(args) -> None:
     from hifiedit.pipeline import HifiEditPipeline
 
     pairs = plan_outputs(args.input, args.output, args.force)  # fail before any model work
-    pipe = HifiEditPipeline.from_pretrained(args.model, rectifier=None)
+    pipe = HifiEditPipeline.from_pretrained(args.model, rectifier=None, device=args.device,
+                                            precision=args.precision)
     edits = [load_edit(e, pipe.backbone) for e in args.edit or []]
     for src, dst in pairs:
         x = load_image(src, pipe.image_size, crop=args.crop)
@@ -263,10 +276,30 @@ def cmd_serve(args) -> None:
 def cmd_demo(args) -> None:
     from hifiedit.eval.demo import run_demo
 
-    print(run_demo(Path(args.out), model=args.model, n_images=args.n_images, force=args.force))
+    print(run_demo(Path(args.out), model=args.model, n_images=args.n_images, force=args.force,
+                   device=args.device, precision=args.precision))
+
 
 
 # ------------------------------------------------------------------ parser
+
+
+def _add_runtime(p: argparse.ArgumentParser, training: bool = False) -> None:
+    """--device and --precision, the same on every command that runs a U-Net or CLIP
+    (resolved by hifiedit.runtime.resolve_runtime)."""
+    p.add_argument("--device", default="auto",
+                   help="auto (a CUDA GPU if there is one, else the CPU), cpu, or cuda[:N]")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="compute precision of the networks' layers (autocast; weights and "
+                        "sampler math stay float32)" + ("; fp16 is refused for training"
+                                                        if training else "; fp16 needs a GPU"))
+
+
+def _add_image_dir(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--image-dir", help=f"{what} the images of this folder instead of OpenMoji "
+                                       "(its manifest.jsonl, if any, lists them and their splits)")
+    p.add_argument("--crop", action="store_true",
+                   help="centre-crop non-square images of --image-dir (else they are refused)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--cooldown-steps", type=int,
                     help="lr falls linearly to 0 over the last N steps before --max-steps")
     tb.add_argument("--threads", type=int)
-    tb.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda")
+    _add_runtime(tb, training=True)
     _add_processes_flag(tb)
     tb.set_defaults(func=cmd_train_base)
     tc = train.add_parser("clip", help="train an OpenMoji CLIP (guide or judge)")
@@ -303,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--max-minutes", type=float)
     tc.add_argument("--max-steps", type=int)
     tc.add_argument("--threads", type=int)
+    _add_runtime(tc, training=True)
     tc.set_defaults(func=cmd_train_clip)
     tr = train.add_parser("rectifier", help="reconstruction training of the rectifier (frozen base)")
     tr.add_argument("--base", default="default", help="default, a shipped name, or a model folder")
@@ -314,8 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
                                         "e.g. the one of an earlier version of the base model")
     tr.add_argument("--max-steps", type=int)
     tr.add_argument("--threads", type=int)
-    tr.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda")
+    _add_runtime(tr, training=True)
     _add_processes_flag(tr)
+    tr.add_argument("--grad-checkpointing", action="store_true",
+                    help="recompute each U-Net block's activations in backward (the same gradients, "
+                         "less memory; for large images)")
+    _add_image_dir(tr, "train on")
     tr.set_defaults(func=cmd_train_rectifier)
 
     te = train.add_parser("edit", help="train a text edit: score-matching (ours) or markovian "
@@ -330,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--rectifier", help="default, none, or a rectifier folder")
     te.add_argument("--clip", help="the guiding CLIP: default or a CLIPModel folder")
     te.add_argument("--images", type=int, help="N training images (0 = all)")
-    te.add_argument("--image-dir", help="train on these images instead of OpenMoji")
+    _add_image_dir(te, "train on")
     te.add_argument("--t0", type=int)
     te.add_argument("--s-for", type=int, help="inversion steps")
     te.add_argument("--s-train", type=int, help="generation steps trained for (the Markovian "
@@ -351,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--max-minutes", type=float)
     te.add_argument("--threads", type=int)
     _add_processes_flag(te)
+    _add_runtime(te, training=True)
+    te.add_argument("--grad-checkpointing", action="store_true",
+                    help="recompute each U-Net block's activations in backward (the same gradients, "
+                         "less memory; for large images)")
     te.set_defaults(func=cmd_train_edit)
 
     rel = sub.add_parser("release", help="ship a trained model with a model card")
@@ -385,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="for the rectified methods: default (the shipped one for each "
                          "inversion), a rectifier folder, or none")
     _add_inversion_args(er, "ddim", many=True)
-    er.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
+    _add_runtime(er)
+    _add_image_dir(er, "evaluate")
     er.add_argument("--json", help="write the report here")
     er.add_argument("--grid", help="write an image grid (original | each method) here")
     er.add_argument("--force", action="store_true", help="overwrite existing --json/--grid")
@@ -403,9 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--unet-pass", action="store_true",
                     help="time one U-Net pass (forward; forward+backward) of --model and the "
                          "memory it adds, instead of generation steps")
-    bn.add_argument("--device", default="auto", help="for --unet-pass: auto, cpu or cuda[:N]")
     bn.add_argument("--json", help="write the report here")
     bn.add_argument("--force", action="store_true", help="overwrite an existing --json")
+    _add_runtime(bn)
     bn.set_defaults(func=cmd_bench)
     ec = ev.add_parser("clip", help="zero-shot tone/gender accuracy, retrieval, pair direction")
     ec.add_argument("--model", default="default", help="default, judge, or a CLIP folder")
@@ -416,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "split's glyphs with the source attribute to those with the target one")
     ec.add_argument("--json", help="write the report here")
     ec.add_argument("--force", action="store_true", help="overwrite an existing --json")
+    _add_runtime(ec)
     ec.set_defaults(func=cmd_eval_clip)
     ee = ev.add_parser("edit", help="edits vs true targets: gt MAE/PSNR, preservation, judge "
                                     "S_dir and accuracy, timings")
@@ -435,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     ee.add_argument("--json", help="write the report here")
     ee.add_argument("--grid", help="write the image grid (source | true target | each edit) here")
     ee.add_argument("--force", action="store_true", help="overwrite existing --json/--grid")
+    _add_runtime(ee)
     ee.set_defaults(func=cmd_eval_edit)
 
     rec = sub.add_parser("reconstruct", help="invert one image and generate it back")
@@ -449,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--crop", action="store_true", help="centre-crop non-square images")
     rec.add_argument("-o", "--output", required=True)
     rec.add_argument("--force", action="store_true", help="overwrite --output")
+    _add_runtime(rec)
     rec.set_defaults(func=cmd_reconstruct)
 
     ed = sub.add_parser("edit", help="edit an image or a folder of images with trained edits")
@@ -466,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--crop", action="store_true", help="centre-crop non-square images")
     ed.add_argument("-o", "--output", required=True, help="a file, or a folder for a folder input")
     ed.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    _add_runtime(ed)
     ed.set_defaults(func=cmd_edit)
 
     tl = sub.add_parser("translate", help="image-to-image translation from an unseen domain "
@@ -481,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--crop", action="store_true", help="centre-crop non-square images")
     tl.add_argument("-o", "--output", required=True, help="a file, or a folder for a folder input")
     tl.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    _add_runtime(tl)
     tl.set_defaults(func=cmd_translate)
 
     cv = sub.add_parser("convert", help="convert a DDIM-repository or guided-diffusion checkpoint "
@@ -503,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default="default")
     demo.add_argument("--n-images", type=int, default=8)
     demo.add_argument("--force", action="store_true", help="replace the previous demo outputs")
+    _add_runtime(demo)
     demo.set_defaults(func=cmd_demo)
 
     sv = sub.add_parser("serve", help="a web page for editing uploaded images (Gradio)")

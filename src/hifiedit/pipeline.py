@@ -46,11 +46,17 @@ class HifiEditPipeline:
     @classmethod
     def from_pretrained(cls, base: str | Path = "default", rectifier: str | Path | None = "default",
                         device: str | torch.device = "cpu",
-                        inversion: Inversion | str | None = None) -> "HifiEditPipeline":
+                        inversion: Inversion | str | None = None,
+                        precision: str = "fp32") -> "HifiEditPipeline":
         """``rectifier="default"`` is the shipped rectifier trained for ``inversion``'s
-        trajectories, if the base is the shipped one and such a rectifier ships."""
+        trajectories, if the base is the shipped one and such a rectifier ships. ``device``:
+        auto, cpu or cuda; ``precision``: fp32, bf16 or fp16, the precision of the networks'
+        layers (the samplers stay float32/64; :func:`hifiedit.runtime.resolve_runtime`)."""
+        from hifiedit.runtime import resolve_runtime
+
         inversion = as_inversion(inversion)
-        backbone = load_backbone(base, device=device)
+        rt = resolve_runtime(device, precision)
+        backbone = load_backbone(base, device=rt.device, compute_dtype=rt.dtype)
         return cls(backbone, load_rectifier(rectifier, backbone, inversion=inversion)[0],
                    inversion=inversion)
 

@@ -11,6 +11,8 @@ import torch
 from hifiedit.errors import HifieditError
 
 SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MANIFEST = "manifest.jsonl"
 
 
 def load_image(path: Path | str, size: int, crop: bool = False, max_bytes: int | None = None,
@@ -57,6 +59,82 @@ def load_image(path: Path | str, size: int, crop: bool = False, max_bytes: int |
                          else Image.Resampling.BICUBIC)
     arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
     return (arr.float() / 127.5 - 1).unsqueeze(0).contiguous()
+
+
+def image_files(folder: Path | str) -> list[Path]:
+    """The images of a folder (not recursive), sorted by name; refuses an empty one. Files
+    whose names do not end in an image suffix (and hidden files) are not images and are
+    skipped; a file that has one must decode, or loading it fails with its name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise HifieditError(f"{folder} is not a folder.")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise HifieditError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+    return files
+
+
+def folder_image_files(folder: Path | str, split: str | None = None) -> list[Path]:
+    """The images a user's folder names for a split. With a ``manifest.jsonl`` in the folder
+    (one JSON object per line, ``{"file": path relative to the folder, "split": optional}``;
+    what ``hifiedit data openmoji`` writes) exactly the files it lists, in its order, only
+    those of ``split`` when its lines carry splits; without a manifest, or with one that gives
+    no splits, every image (:func:`image_files`) whatever ``split`` says."""
+    import json
+
+    folder = Path(folder)
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return image_files(folder)
+    entries = []
+    for n, line in enumerate(manifest.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            file = entry["file"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise HifieditError(f"{manifest}:{n}: expected a JSON object with a \"file\" "
+                                "field.") from None
+        entries.append((folder / file, entry.get("split")))
+    if split is not None and any(s is not None for _, s in entries):
+        entries = [(f, s) for f, s in entries if s == split]
+    files = [f for f, _ in entries]
+    if not files:
+        raise HifieditError(f"{manifest} lists no images{f' in split {split!r}' if split else ''}.")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise HifieditError(f"{manifest} lists {len(missing)} missing file(s): "
+                            f"{', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}.")
+    odd = [str(f) for f in files if f.suffix.lower() not in IMAGE_SUFFIXES]
+    if odd:
+        raise HifieditError(f"{manifest} lists files that are not images ({', '.join(IMAGE_SUFFIXES)}): "
+                            f"{', '.join(odd[:3])}.")
+    return files
+
+
+def folder_splits(folder: Path | str) -> set[str]:
+    """The splits the folder's manifest assigns its images to (none without a manifest)."""
+    import json
+
+    manifest = Path(folder) / MANIFEST
+    if not manifest.is_file():
+        return set()
+    try:
+        return {s for line in manifest.read_text().splitlines() if line.strip()
+                if (s := json.loads(line).get("split")) is not None}
+    except (json.JSONDecodeError, AttributeError):
+        return set()  # folder_image_files reports the bad line
+
+
+def load_image_folder(folder: Path | str, size: int, crop: bool = False,
+                      split: str | None = None) -> torch.Tensor:
+    """A folder of images (:func:`folder_image_files`) as an (N, 3, size, size) tensor in
+    [-1, 1], each image loaded by :func:`load_image`'s rules: sizes may differ (each is
+    resized), a non-square image is refused unless ``crop``, a file that does not decode is
+    an error naming it."""
+    return torch.cat([load_image(f, size, crop=crop) for f in folder_image_files(folder, split)])
 
 
 def _to_rgb(img):

@@ -38,6 +38,9 @@ class Backbone:
     prediction_type: str
     name: str
     path: Path
+    # The precision of the U-Net's layers (autocast; hifiedit.runtime.Runtime): weights and
+    # every sampler quantity stay float32/float64 whatever it is.
+    compute_dtype: torch.dtype = torch.float32
 
     @property
     def num_train_timesteps(self) -> int:
@@ -51,10 +54,19 @@ class Backbone:
     def in_channels(self) -> int:
         return int(self.unet.config.in_channels)
 
+    def autocast(self):
+        """The context in which this model's layers run at ``compute_dtype``."""
+        from hifiedit.runtime import autocast
+
+        return autocast(module_device(self.unet), self.compute_dtype)
+
     def eps(self, x: torch.Tensor, t: torch.Tensor, unet: torch.nn.Module | None = None):
-        """ε_θ(x_t, t). `unet` lets callers pass a modulated or edited copy of the network."""
+        """ε_θ(x_t, t). `unet` lets callers pass a modulated or edited copy of the network.
+        Returned in x's dtype whatever precision the layers computed in."""
         t = t.to(x.device) if isinstance(t, torch.Tensor) else t
-        out = (unet or self.unet)(x, t).sample
+        with self.autocast():
+            out = (unet or self.unet)(x, t).sample
+        out = out.to(x.dtype)
         if out.shape[1] == 2 * x.shape[1]:
             # Learned-variance models (e.g. guided diffusion) output [ε, v]; DDIM uses only ε.
             out = out[:, : x.shape[1]]
@@ -64,6 +76,12 @@ class Backbone:
         if self.prediction_type == "v_prediction":  # v = √ᾱ ε − √(1−ᾱ) x0
             return a.sqrt() * out + (1 - a).sqrt() * x
         return (x - a.sqrt() * out) / (1 - a).sqrt()  # "sample": the model predicts x0
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter (the CPU for one without parameters)."""
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
@@ -98,8 +116,11 @@ def load_backbone(
     name_or_path: str | Path = "default",
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    compute_dtype: torch.dtype = torch.float32,
 ) -> Backbone:
-    """Load a frozen `UNet2DModel` and its schedule from a local folder or a shipped name."""
+    """Load a frozen `UNet2DModel` and its schedule from a local folder or a shipped name.
+    ``dtype``: the weights' storage; ``compute_dtype``: the precision its layers run at
+    (autocast, :class:`hifiedit.runtime.Runtime`)."""
     from diffusers import UNet2DModel
 
     path = resolve_model_path(name_or_path)
@@ -132,6 +153,7 @@ def load_backbone(
         prediction_type=prediction,
         name=path.name,
         path=path,
+        compute_dtype=compute_dtype,
     )
 
 

@@ -10,18 +10,7 @@ from pathlib import Path
 
 from hifiedit.errors import HifieditError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-def image_files(folder: Path) -> list[Path]:
-    """The images of a folder (not recursive), sorted by name; refuses an empty one."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise HifieditError(f"{folder} is not a folder.")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise HifieditError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
-    return files
+from hifiedit.data.images import IMAGE_SUFFIXES, image_files  # noqa: F401 (re-exported)
 
 
 def plan_outputs(source: Path, output: Path, force: bool = False) -> list[tuple[Path, Path]]:

@@ -256,7 +256,10 @@ class Edit:
         """ψ as a U-Net for ``backbone`` (checked to be the base it was trained on; cached)."""
         key = id(backbone.unet)
         if key not in self._unets:
+            from hifiedit.diffusion.backbone import module_device
+
             self.check_base(backbone)
+            self.params.to(module_device(backbone.unet))
             self._unets[key] = self.params.as_unet(backbone.unet)
         return self._unets[key]
 

@@ -6,6 +6,10 @@ design budget is ≤ 2.5× at batch 16. Each step is timed through ``generate``'
 exactly what a user's chain pays, ε-function and DDIM update included; the median over steps
 (after one warm-up chain) is reported. Timing does not depend on the weights, so without a
 trained rectifier a freshly initialised one is timed, and the report says so.
+
+Memory: on a CUDA GPU, the peak of allocated memory during each (method, batch) measurement;
+on the CPU, the process's peak resident set size at the end (model loading included; PyTorch
+gives no per-measurement peak there).
 """
 
 from __future__ import annotations
@@ -21,27 +25,43 @@ from pathlib import Path
 import torch
 
 from hifiedit.errors import HifieditError
+from hifiedit.diffusion.backbone import module_device
 from hifiedit.models import portable_name
-from hifiedit.runtime import machine_description, write_text_atomic
+from hifiedit.runtime import machine_description, precision_name, resolve_runtime, write_text_atomic
 
 
-def step_times_ms(eps_fn, x_t0: torch.Tensor, timesteps, alphas_cumprod, repeats: int) -> list[float]:
-    """Wall time of every generation step over ``repeats`` chains, after one warm-up chain."""
+def step_times_ms(eps_fn, x_t0: torch.Tensor, timesteps, alphas_cumprod, repeats: int,
+                  device: torch.device | None = None) -> list[float]:
+    """Wall time of every generation step over ``repeats`` chains, after one warm-up chain.
+    On a GPU each step is synchronised before its time is read (kernels run asynchronously)."""
     from hifiedit.diffusion.ddim import generate
 
+    sync = (lambda: torch.cuda.synchronize(device)) if device is not None and \
+        device.type == "cuda" else (lambda: None)
     times: list[float] = []
     with torch.no_grad():
         generate(eps_fn, x_t0, timesteps, alphas_cumprod)  # warm-up: allocator, kernels
         for _ in range(repeats):
+            sync()
             last = [time.perf_counter()]
 
             def tick(*_):
+                sync()
                 now = time.perf_counter()
                 times.append(1000 * (now - last[0]))
                 last[0] = now
 
             generate(eps_fn, x_t0, timesteps, alphas_cumprod, callback=tick)
     return times
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MiB (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def _rectifier(backbone, name: str | None):
@@ -51,14 +71,16 @@ def _rectifier(backbone, name: str | None):
     rectifier, what = load_rectifier(name, backbone)
     if rectifier is not None:
         return rectifier, what
-    fresh = Rectifier.for_unet(backbone.unet).eval().requires_grad_(False)
+    fresh = Rectifier.for_unet(backbone.unet).to(module_device(backbone.unet)).eval()
+    fresh.requires_grad_(False)
     return fresh, ("freshly initialised (no trained rectifier given or shipped); step time "
                    "does not depend on the weights")
 
 
 def run_bench(model: str = "default", rectifier: str | None = "default", batches=(1, 16),
               t0: int = 400, steps: int = 10, repeats: int = 2, json_path: Path | None = None,
-              force: bool = False, backbone=None) -> dict:
+              force: bool = False, backbone=None, device: str | torch.device = "cpu",
+              precision: str = "fp32") -> dict:
     from hifiedit.diffusion.backbone import load_backbone
     from hifiedit.diffusion.schedule import ddim_timesteps
     from hifiedit.rectifier import rectified_eps_fn
@@ -67,26 +89,39 @@ def run_bench(model: str = "default", rectifier: str | None = "default", batches
         raise HifieditError(f"{json_path} exists; pass --force to overwrite it.")
     if steps < 1 or repeats < 1 or not batches or min(batches) < 1:
         raise HifieditError("bench needs steps ≥ 1, repeats ≥ 1 and batch sizes ≥ 1.")
-    backbone = backbone or load_backbone(model)
+    rt = resolve_runtime(device, precision)
+    backbone = backbone or load_backbone(model, device=rt.device, compute_dtype=rt.dtype)
+    dev = module_device(backbone.unet)
     if not 1 <= steps <= t0 < backbone.num_train_timesteps:
         raise HifieditError(f"bench needs 1 ≤ steps ≤ t0 < {backbone.num_train_timesteps}.")
     rect, rect_desc = _rectifier(backbone, rectifier)
     grid = ddim_timesteps(t0, steps)
     size, ch = backbone.sample_size, backbone.in_channels
     step_ms: dict[str, dict[str, float]] = {"ddim": {}, "rectified": {}}
+    peak_mb: dict[str, dict[str, float]] = {"ddim": {}, "rectified": {}}
     for b in batches:
         g = torch.Generator().manual_seed(0)
-        x0 = torch.rand((b, ch, size, size), generator=g) * 2 - 1
-        x_t0 = torch.randn((b, ch, size, size), generator=g)
+        x0 = (torch.rand((b, ch, size, size), generator=g) * 2 - 1).to(dev)
+        x_t0 = torch.randn((b, ch, size, size), generator=g).to(dev)
         fns = {"ddim": backbone.eps, "rectified": rectified_eps_fn(backbone, rect, x0, timesteps=grid)}
         for name, fn in fns.items():
-            times = step_times_ms(fn, x_t0, grid, backbone.alphas_cumprod, repeats)
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            times = step_times_ms(fn, x_t0, grid, backbone.alphas_cumprod, repeats, dev)
             step_ms[name][str(b)] = round(statistics.median(times), 2)
+            if dev.type == "cuda":
+                peak_mb[name][str(b)] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
+    memory = ({"cuda_peak_allocated_mb": peak_mb} if dev.type == "cuda" else
+              {"cpu_peak_rss_mb": round(peak_rss_mb(), 1)})
     report = {
         "step_ms": step_ms,
         "ratio": {k: round(step_ms["rectified"][k] / step_ms["ddim"][k], 3) for k in step_ms["ddim"]},
+        **memory,
+        "device": str(dev),
+        "precision": precision_name(backbone.compute_dtype),
         "machine": machine_description(),
         "model": portable_name(backbone.path or model),
+        "unet_params": sum(p.numel() for p in backbone.unet.parameters()),
         "image_size": size,
         "rectifier": rect_desc,
         "rectifier_params": sum(p.numel() for p in rect.parameters()),
@@ -104,6 +139,14 @@ def format_bench(report: dict) -> str:
         lines.append(f"{b:>5} {plain:9.1f} {report['step_ms']['rectified'][b]:13.1f} "
                      f"{report['ratio'][b]:6.2f}")
     lines.append(f"rectifier: {report['rectifier']}")
+    if "cuda_peak_allocated_mb" in report:
+        peaks = report["cuda_peak_allocated_mb"]
+        lines.append("peak GPU memory (MiB): " + ", ".join(
+            f"batch {b}: ddim {peaks['ddim'][b]}, rectified {peaks['rectified'][b]}"
+            for b in peaks["ddim"]))
+    elif "cpu_peak_rss_mb" in report:
+        lines.append(f"peak process memory (RSS): {report['cpu_peak_rss_mb']} MiB")
+    lines.append(f"device: {report.get('device', 'cpu')}, precision {report.get('precision', 'fp32')}")
     lines.append(f"machine: {report['machine']}")
     return "\n".join(lines)
 
@@ -182,21 +225,23 @@ def _pass_stats(fn, device: torch.device, repeats: int) -> dict:
 
 def run_unet_pass_bench(model: str = "default", batches=(1,), repeats: int = 2,
                         device: str = "cpu", json_path: Path | None = None, force: bool = False,
-                        backbone=None) -> dict:
+                        backbone=None, precision: str = "fp32") -> dict:
     """Time and memory of one U-Net pass of a model folder at its own resolution: a forward pass
     without gradients (what inversion and generation pay per step) and a forward + backward
     through every U-Net weight (an upper bound of what rectifier and edit training pay per
-    sample: they backpropagate through the same activations but keep fewer gradients)."""
+    sample: they backpropagate through the same activations but keep fewer gradients).
+    ``device`` and ``precision``: :func:`hifiedit.runtime.resolve_runtime` (the passes run
+    under its autocast; the weights stay as loaded)."""
     from hifiedit.diffusion.backbone import load_backbone
-    from hifiedit.runtime import resolve_device
 
     if json_path is not None and Path(json_path).exists() and not force:
         raise HifieditError(f"{json_path} exists; pass --force to overwrite it.")
     if repeats < 1 or not batches or min(batches) < 1:
         raise HifieditError("bench needs repeats ≥ 1 and batch sizes ≥ 1.")
-    dev = resolve_device(device)
+    rt = resolve_runtime(device, precision)
+    dev = rt.device
     rss_before_load = _rss_bytes()
-    backbone = backbone or load_backbone(model, device=dev)
+    backbone = backbone or load_backbone(model, device=dev, compute_dtype=rt.dtype)
     unet = backbone.unet.to(dev)
     size, ch = backbone.sample_size, backbone.in_channels
     results: dict[str, dict[str, dict]] = {"forward": {}, "forward_backward": {}}
@@ -206,11 +251,13 @@ def run_unet_pass_bench(model: str = "default", batches=(1,), repeats: int = 2,
         t = torch.full((b,), backbone.num_train_timesteps // 2, dtype=torch.long, device=dev)
 
         def forward():
-            with torch.no_grad():
+            with torch.no_grad(), rt.autocast():
                 unet(x, t)
 
         def forward_backward():
-            unet(x, t).sample.square().mean().backward()
+            with rt.autocast():
+                out = unet(x, t).sample
+            out.float().square().mean().backward()
             unet.zero_grad(set_to_none=True)
 
         results["forward"][str(b)] = _pass_stats(forward, dev, repeats)
@@ -230,6 +277,7 @@ def run_unet_pass_bench(model: str = "default", batches=(1,), repeats: int = 2,
         "weights_mb": round(sum(p.numel() * p.element_size() for p in unet.parameters()) / 2**20, 1),
         "dtype": str(next(unet.parameters()).dtype).replace("torch.", ""),
         "device": str(dev),
+        "precision": rt.precision,
         "process_peak_mb": round(peak / 2**20, 1),
         "process_before_load_mb": round(rss_before_load / 2**20, 1) if rss_before_load else None,
         "machine": machine_description(),
@@ -256,7 +304,8 @@ def format_unet_pass(report: dict) -> str:
         lines.append(f"{b:>5} {fwd['ms']:11.1f} {fwd['cpu_ms']:9.1f} {fwd['added_memory_mb'] or 0:8.1f} "
                      f"{fb['ms']:11.1f} {fb['cpu_ms']:9.1f} {fb['added_memory_mb'] or 0:8.1f}")
     lines.append(f"{report['parameters'] / 1e6:.1f} M parameters ({report['weights_mb']} MB "
-                 f"{report['dtype']}) at {report['image_size']} px on {report['device']}; "
+                 f"{report['dtype']}) at {report['image_size']} px on {report['device']} "
+                 f"({report.get('precision', 'fp32')}); "
                  f"process peak {report['process_peak_mb']} MB")
     lines.append(f"machine: {report['machine']}")
     return "\n".join(lines)

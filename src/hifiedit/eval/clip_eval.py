@@ -40,7 +40,7 @@ from hifiedit.errors import HifieditError
 from hifiedit.guidance.clip import image_embeddings
 from hifiedit.guidance.losses import ensemble_text_embeddings
 from hifiedit.models import portable_name
-from hifiedit.runtime import machine_description, write_text_atomic
+from hifiedit.runtime import machine_description, resolve_runtime, write_text_atomic
 
 GENDERS = ("man", "woman", "person")
 # A pixel tells two renders apart when some channel differs by more than this ([0, 1] scale):
@@ -222,11 +222,13 @@ def gradient_cos(clip, sources: torch.Tensor, targets: torch.Tensor, direction: 
 
 def run_clip_eval(model: str = "default", split: str = "test", json_path: Path | None = None,
                   force: bool = False, image_size: int = 32, clip=None, data=None,
-                  directions: tuple = ()) -> dict:
+                  directions: tuple = (), device: str | torch.device = "cpu",
+                  precision: str = "fp32") -> dict:
     """Evaluate one CLIP and return the report; optionally write it as JSON.
 
     Images are rendered at `image_size` (the size edits work at, 32 for the embedded domain)
-    and resized to the model's input by its preprocessing, as during guidance."""
+    and resized to the model's input by its preprocessing, as during guidance. `device` and
+    `precision`: where and at what precision the CLIP runs (:func:`hifiedit.runtime.resolve_runtime`)."""
     from hifiedit.data.openmoji import load_openmoji
     from hifiedit.guidance.clip import load_clip
 
@@ -238,7 +240,10 @@ def run_clip_eval(model: str = "default", split: str = "test", json_path: Path |
             json_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise HifieditError(f"Cannot create {json_path.parent}: {e.strerror or e}.") from e
-    clip = clip or load_clip(model, allow_judge=True)  # evaluation may read the judge
+    if clip is None:
+        rt = resolve_runtime(device, precision)
+        # Evaluation may read the judge.
+        clip = load_clip(model, allow_judge=True, device=rt.device, compute_dtype=rt.dtype)
     data = data or load_openmoji(image_size)
     report = {"model": portable_name(model), "path": portable_name(clip.path), "role": clip.role, "split": split,
               "image_size": int(data.images.shape[1]),

@@ -21,9 +21,10 @@ def shipped_demo_edits() -> list[str]:
     return [e for e in DEMO_EDITS if is_shipped(e, "edit")]
 
 
-def run_demo(out: Path, model: str = "default", n_images: int = 8, force: bool = False) -> str:
+def run_demo(out: Path, model: str = "default", n_images: int = 8, force: bool = False,
+             device: str = "cpu", precision: str = "fp32") -> str:
     """Write reconstructions.png + metrics.json (and edits.png + edits.json) under `out`;
-    return the printed summary."""
+    return the printed summary. `device`, `precision`: :func:`hifiedit.runtime.resolve_runtime`."""
     from hifiedit.models import is_shipped
     from hifiedit.rectifier import DEFAULT_RECTIFIERS
 
@@ -36,7 +37,8 @@ def run_demo(out: Path, model: str = "default", n_images: int = 8, force: bool =
     config = ReconConfig(model=model, steps=(6, 40), limit=n_images, grid_images=n_images,
                          methods=methods, inversions=("ddim", "fixed-point") if both else ("ddim",))
     report = run_recon_eval(config, json_path=out / "metrics.json",
-                            grid_path=out / "reconstructions.png", force=force)
+                            grid_path=out / "reconstructions.png", force=force, device=device,
+                            precision=precision)
     text = (format_table(report) + f"\n\nwrote {out / 'reconstructions.png'} (rows: original, "
             + ", ".join(f"{r['method']}{'' if r.get('inversion') in (None, 'ddim') else ' ' + r['inversion']}"
                         f"@{r['steps']}" for r in report["rows"])
@@ -48,7 +50,7 @@ def run_demo(out: Path, model: str = "default", n_images: int = 8, force: bool =
         config = EditEvalConfig(edits=tuple(edits), steps=(6,), limit=n_images,
                                 grid_images=n_images)
         report = run_edit_eval(config, json_path=out / "edits.json", grid_path=out / "edits.png",
-                               force=force)
+                               force=force, device=device, precision=precision)
         text += (f"\n\n{edit_table(report)}\n\nwrote {out / 'edits.png'} (per edit: source | true "
                  f"target | edited at 6 steps) and {out / 'edits.json'}")
     return text

@@ -50,7 +50,7 @@ import torch
 
 from hifiedit.data.attributes import EditAttributes, edit_attributes, select_images
 from hifiedit.errors import HifieditError
-from hifiedit.runtime import machine_description, write_text_atomic
+from hifiedit.runtime import machine_description, resolve_runtime, write_text_atomic
 
 PRESERVE_THRESHOLD = 0.05
 
@@ -172,7 +172,8 @@ def judge_scores(judge, edited: torch.Tensor, src_emb: torch.Tensor, records,
 # --------------------------------------------------------------------------- loading
 
 
-def load_judge(name: str):
+def load_judge(name: str, device: str | torch.device = "cpu",
+               compute_dtype: torch.dtype = torch.float32):
     """The judge CLIP, refusing any CLIP not marked as a judge (a guide must never grade)."""
     from hifiedit.guidance.clip import ROLE_FILE, clip_role, load_clip, resolve_clip_path
 
@@ -183,7 +184,8 @@ def load_judge(name: str):
             f"scored only by a CLIP that never guided one: train one with `hifiedit train clip "
             f"--config configs/judge-openmoji32.json`, or mark a folder with {ROLE_FILE} "
             '{"role": "judge"}.')
-    return load_clip(path, allow_judge=True)  # evaluation is the one place that may
+    # Evaluation is the one place that may.
+    return load_clip(path, allow_judge=True, device=device, compute_dtype=compute_dtype)
 
 
 def edit_label(name_or_path: str) -> str:
@@ -283,9 +285,12 @@ def _reference_rows(block: dict, config: EditEvalConfig, pipe, rect_name: str | 
 
 def run_edit_eval(config: EditEvalConfig, json_path: Path | None = None,
                   grid_path: Path | None = None, force: bool = False, progress: bool = True,
-                  backbone=None, data=None) -> dict:
+                  backbone=None, data=None, device: str | torch.device = "cpu",
+                  precision: str = "fp32") -> dict:
     """Evaluate every (edit, S_gen) and return the report; optionally write the JSON and the
-    grid. `backbone` and `data` (an `OpenMojiSet`) override loading them."""
+    grid. `backbone` and `data` (an `OpenMojiSet`) override loading them. `device` and
+    `precision`: where and at what precision the U-Net and the judge run
+    (:func:`hifiedit.runtime.resolve_runtime`)."""
     from tqdm import tqdm
 
     from hifiedit.diffusion.backbone import load_backbone
@@ -298,8 +303,9 @@ def run_edit_eval(config: EditEvalConfig, json_path: Path | None = None,
     json_path = Path(json_path) if json_path is not None else None
     grid_path = Path(grid_path) if grid_path is not None else None
     _check_outputs([json_path, grid_path], force)
-    judge = load_judge(config.judge)
-    backbone = backbone or load_backbone(config.model)
+    rt = resolve_runtime(device, precision)
+    judge = load_judge(config.judge, rt.device, rt.dtype)
+    backbone = backbone or load_backbone(config.model, device=rt.device, compute_dtype=rt.dtype)
     edits = [(edit_label(e), load_edit(e, backbone)) for e in config.edits]
     if data is None:
         from hifiedit.data.openmoji import load_openmoji

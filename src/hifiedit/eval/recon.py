@@ -31,7 +31,8 @@ import torch
 
 from hifiedit.errors import HifieditError
 from hifiedit.models import portable_name
-from hifiedit.runtime import machine_description, resolve_device, write_text_atomic
+from hifiedit.runtime import (machine_description, precision_name, resolve_runtime,
+                              write_text_atomic)
 
 METHODS = ("ddim", "sdedit", "rectified", "rectified-other", "rectified-grey")
 DEFAULT_METHODS = ("ddim", "sdedit")
@@ -56,6 +57,11 @@ class ReconConfig:
     rectifier: str = "default"
     inversions: tuple = ("ddim",)  # "ddim" and/or "fixed-point"
     fp_iters: int = 2
+    # A folder of the user's images instead of OpenMoji (hifiedit.data.images.load_image_folder:
+    # `split` selects from its manifest.jsonl when that gives splits, else every image is used);
+    # `crop` centre-crops its non-square images.
+    image_dir: str = ""
+    crop: bool = False
 
     def inversion_specs(self) -> list:
         from hifiedit.diffusion.ddim import Inversion
@@ -154,7 +160,7 @@ def load_rectifier(name: str, backbone, inversion=None):
         "`hifiedit train rectifier --out DIR`, then pass --rectifier DIR/rectifier."))
 
 
-def reusable_rows(path: Path, config: ReconConfig, n_images: int) -> dict:
+def reusable_rows(path: Path, config: ReconConfig, n_images: int, settings: dict | None = None) -> dict:
     """Rows of an earlier report (`--reuse FILE`) that this evaluation would compute again:
     same model, split, t0, seed and image count, matched by (method, steps, s_for). The
     rectified rows are never reused (the rectifier may differ)."""
@@ -163,7 +169,7 @@ def reusable_rows(path: Path, config: ReconConfig, n_images: int) -> dict:
     except (OSError, ValueError) as e:
         raise HifieditError(f"Cannot read --reuse {path}: {e}.") from e
     mine = {"model": portable_name(config.model), "split": config.split, "t0": config.t0,
-            "seed": config.seed, "n_images": n_images}
+            "seed": config.seed, "n_images": n_images, **(settings or {})}
     differ = {k: (old.get(k), v) for k, v in mine.items() if old.get(k) != v}
     if differ:
         raise HifieditError(f"--reuse {path} was measured under other settings "
@@ -176,12 +182,13 @@ def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
                    grid_path: Path | None = None, force: bool = False,
                    progress: bool = True, backbone=None, images: torch.Tensor | None = None,
                    rectifier=None, device: str | torch.device = "cpu",
-                   reuse: Path | None = None):
+                   reuse: Path | None = None, precision: str = "fp32"):
     """Evaluate and return the report dict; optionally write the JSON and an image grid
     (rows: original, then each method × steps, for the first `grid_images` images), plus the
     Figure-1 plot and comparison grid of :func:`figure_paths`. ``rectifier`` (a Rectifier)
     overrides ``config.rectifier``. ``device``: where the networks run ("auto": a GPU if there
     is one); SDEdit noise comes from a CPU generator, so every device sees the same noise.
+    ``precision``: the networks' compute precision (:func:`hifiedit.runtime.resolve_runtime`).
     ``reuse``: an earlier report whose matching rows are copied, not recomputed (only their
     `grid_images` figure images are); e.g. a rectifier's evaluation reusing the base's DDIM
     rows."""
@@ -196,9 +203,18 @@ def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
         raise HifieditError(f"--grid {grid_path} is where the comparison figures go "
                             f"({compare_path}, {plot_path}); choose another name.")
     _check_outputs([json_path, grid_path, plot_path, compare_path], force)
-    backbone = backbone or load_backbone(config.model, device=resolve_device(device))
+    if backbone is None:
+        rt = resolve_runtime(device, precision)
+        backbone = load_backbone(config.model, device=rt.device, compute_dtype=rt.dtype)
     config.validate(backbone.num_train_timesteps)
-    if images is None:
+    split = config.split
+    if images is None and config.image_dir:
+        from hifiedit.data.images import folder_splits, load_image_folder
+
+        split = config.split if folder_splits(config.image_dir) else None
+        images = load_image_folder(config.image_dir, backbone.sample_size, crop=config.crop,
+                                   split=split)
+    elif images is None:
         from hifiedit.data.openmoji import load_openmoji
 
         images = load_openmoji(backbone.sample_size).tensor(config.split)
@@ -207,7 +223,11 @@ def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
     if len(images) == 0:
         raise HifieditError(f"No images in split {config.split!r}.")
     images = images.to(backbone.unet.device)
-    reused = reusable_rows(reuse, config, len(images)) if reuse is not None else {}
+    # What else a report records about its images and precision (absent: OpenMoji, float32).
+    settings = {"split": split, "image_dir": str(config.image_dir) if config.image_dir else None,
+                "precision": None if backbone.compute_dtype == torch.float32
+                else precision_name(backbone.compute_dtype)}
+    reused = reusable_rows(reuse, config, len(images), settings) if reuse is not None else {}
     rectifiers = {}  # inversion method -> (rectifier, its name in the report)
     if set(RECTIFIED) & set(config.methods):
         for inv in config.inversion_specs():
@@ -261,9 +281,10 @@ def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
         rows.append(row)
         firsts[(method, inv_name, steps)] = first[: config.grid_images].cpu()
 
-    report = {"model": portable_name(config.model), "split": config.split, "t0": config.t0,
+    report = {"model": portable_name(config.model), "split": split, "t0": config.t0,
               "n_images": len(images), "seed": config.seed, "machine": machine_description(),
               "rows": rows}
+    report.update({k: v for k, v in settings.items() if k != "split" and v is not None})
     checks = conditioning(per_image)
     if checks:
         report["conditioning"] = checks

@@ -79,11 +79,19 @@ class Clip:
     std: torch.Tensor
     path: str = ""
     role: str = "guide"
+    # The precision its layers run at (autocast, hifiedit.runtime.Runtime); embeddings come
+    # back in the weights' dtype whatever it is.
+    compute_dtype: torch.dtype = torch.float32
     text_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def autocast(self):
+        from hifiedit.runtime import autocast
+
+        return autocast(self.device, self.compute_dtype)
 
     @property
     def max_text_length(self) -> int:
@@ -96,7 +104,9 @@ class Clip:
         """Image embeddings (N×D) of [-1, 1] images; unit length unless normalize=False."""
         dtype = next(self.model.parameters()).dtype
         pixels = self.preprocess(images.to(self.device, dtype))
-        emb = features(self.model.get_image_features(pixel_values=pixels))
+        with self.autocast():
+            emb = features(self.model.get_image_features(pixel_values=pixels))
+        emb = emb.to(dtype)  # the weights' dtype, whatever precision autocast computed in
         return F.normalize(emb, dim=-1) if normalize else emb
 
     @torch.no_grad()
@@ -109,9 +119,10 @@ class Clip:
             chunk = todo[i:i + batch_size]
             tokens = self.tokenizer(chunk, padding=True, truncation=True,
                                     max_length=self.max_text_length, return_tensors="pt")
-            emb = features(self.model.get_text_features(
-                input_ids=tokens["input_ids"].to(self.device),
-                attention_mask=tokens["attention_mask"].to(self.device)))
+            with self.autocast():
+                emb = features(self.model.get_text_features(
+                    input_ids=tokens["input_ids"].to(self.device),
+                    attention_mask=tokens["attention_mask"].to(self.device)))
             for text, e in zip(chunk, F.normalize(emb.float(), dim=-1)):
                 self.text_cache[text] = e
         return torch.stack([self.text_cache[t] for t in texts])
@@ -176,9 +187,11 @@ def load_clip(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     allow_judge: bool = False,
+    compute_dtype: torch.dtype = torch.float32,
 ) -> Clip:
     """Load a frozen CLIPModel + tokenizer from a local folder or a shipped name; nothing is
-    downloaded. `allow_judge=True` is for evaluation code only (see the module docstring)."""
+    downloaded. `allow_judge=True` is for evaluation code only (see the module docstring).
+    ``dtype``: the weights' storage; ``compute_dtype``: the precision its layers run at."""
     from transformers import AutoTokenizer, CLIPModel
 
     path = resolve_clip_path(name_or_path, allow_judge)
@@ -197,4 +210,5 @@ def load_clip(
     return Clip(model=model, tokenizer=tokenizer,
                 image_size=int(model.config.vision_config.image_size),
                 mean=torch.tensor(mean, dtype=torch.float32),
-                std=torch.tensor(std, dtype=torch.float32), path=str(path), role=role)
+                std=torch.tensor(std, dtype=torch.float32), path=str(path), role=role,
+                compute_dtype=compute_dtype)

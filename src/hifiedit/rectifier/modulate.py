@@ -141,26 +141,72 @@ def split_supported(unet: nn.Module) -> bool:
             and not any(hasattr(b, "skip_conv") for b in blocks))
 
 
-def unet_down(unet: nn.Module, x: torch.Tensor, t: torch.Tensor) -> DownPass:
-    """Steps 1–3 of diffusers' ``UNet2DModel.forward`` (time, ``conv_in``, down blocks)."""
+def unet_down(unet: nn.Module, x: torch.Tensor, t: torch.Tensor,
+              checkpoint: bool = False) -> DownPass:
+    """Steps 1–3 of diffusers' ``UNet2DModel.forward`` (time, ``conv_in``, down blocks).
+    ``checkpoint``: keep only each down block's inputs for backward and recompute the rest."""
     t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
     emb = unet.time_embedding(unet.time_proj(t).to(dtype=unet.dtype))
     sample = unet.conv_in(x)
     skips = (sample,)
     for block in unet.down_blocks:
-        sample, res = block(hidden_states=sample, temb=emb)
+        if checkpoint:
+            sample, res = _checkpointed(lambda s, e, b=block: b(hidden_states=s, temb=e), sample, emb)
+        else:
+            sample, res = block(hidden_states=sample, temb=emb)
         skips += res
     return DownPass(emb=emb, sample=sample, skips=skips)
 
 
-def unet_up(unet: nn.Module, down: DownPass) -> torch.Tensor:
-    """Steps 4–6 of diffusers' ``UNet2DModel.forward`` (mid, up blocks, output head)."""
-    sample, skips = unet.mid_block(down.sample, down.emb), down.skips
-    for block in unet.up_blocks:
+def unet_up(unet: nn.Module, down: DownPass, weights: Mapping[str, torch.Tensor] | None = None,
+            checkpoint: bool = False) -> torch.Tensor:
+    """Steps 4–6 of diffusers' ``UNet2DModel.forward`` (mid, up blocks, output head).
+
+    With ``checkpoint`` each block keeps only its inputs for backward and is recomputed there,
+    with the per-sample weights ``weights`` (names in mid/up blocks) swapped in again for the
+    recomputation. diffusers' own gradient checkpointing cannot do this: it recomputes a block
+    in backward, after :func:`per_sample_convs` has restored the plain convolutions, and so
+    differentiates θ where the forward ran θ̂ (tests/test_grad_checkpointing.py shows the difference)."""
+    weights = dict(weights or {})
+    if not checkpoint:
+        with per_sample_convs(unet, weights):
+            return _up(unet, down, lambda prefix, fn, *args: fn(*args))
+
+    def run(prefix, fn, *args):
+        mine = {n: w for n, w in weights.items() if n.startswith(prefix)}
+
+        def call(*a):
+            with per_sample_convs(unet, mine):
+                return fn(*a)
+
+        return _checkpointed(call, *args)
+
+    outside = [n for n in weights if not n.startswith(MODULATED_BLOCKS)]
+    if outside:
+        raise HifieditError(f"checkpointed modulation covers mid/up block layers only, not {outside[:3]}.")
+    return _up(unet, down, run)
+
+
+MODULATED_BLOCKS = ("mid_block.", "up_blocks.")
+
+
+def _up(unet: nn.Module, down: DownPass, run) -> torch.Tensor:
+    sample = run("mid_block.", unet.mid_block, down.sample, down.emb)
+    skips = down.skips
+    for i, block in enumerate(unet.up_blocks):
         n = len(block.resnets)
-        sample = block(sample, skips[-n:], down.emb)
+        sample = run(f"up_blocks.{i}.", lambda s, e, *sk, b=block: b(s, sk, e),
+                     sample, down.emb, *skips[-n:])
         skips = skips[:-n]
     return unet.conv_out(unet.conv_act(unet.conv_norm_out(sample)))
+
+
+def _checkpointed(fn, *args):
+    from torch.utils.checkpoint import checkpoint
+
+    # Non-reentrant: gradients reach every tensor fn uses (its weights, the offsets) and the
+    # autocast state of the forward is restored for the recomputation.
+    return checkpoint(fn, *args, use_reentrant=False)
 
 
 # --------------------------------------------------------------------------- modulated passes
@@ -168,13 +214,15 @@ def unet_up(unet: nn.Module, down: DownPass) -> torch.Tensor:
 
 def modulated_forward(unet: nn.Module, x: torch.Tensor, t: torch.Tensor,
                       deltas: Mapping[str, torch.Tensor], method: str = "grouped",
-                      down: DownPass | None = None) -> torch.Tensor:
+                      down: DownPass | None = None, checkpoint: bool = False) -> torch.Tensor:
     """The U-Net's raw output for x (B, C, H, W) at t (B,) with per-sample weights
     θ̂_b = θ ⊙ (1 + Δ_b) on the layers named in ``deltas`` (every other weight is θ, shared).
 
     Gradients flow to Δ (and to θ where it requires them: the edit parameters ψ of DESIGN §1
     are modulated the same way). ``down`` (grouped only) reuses a :func:`unet_down` result of
     the same (x, t) when every modulated layer lies in ``mid_block``/``up_blocks``.
+    ``checkpoint`` (grouped only): gradient checkpointing per U-Net block (:func:`unet_up`),
+    for training at sizes whose activations do not fit.
     """
     if method not in METHODS:
         raise HifieditError(f"unknown modulation method {method!r}; choose from {METHODS}.")
@@ -183,6 +231,9 @@ def modulated_forward(unet: nn.Module, x: torch.Tensor, t: torch.Tensor,
     if any(w.shape[0] != x.shape[0] for w in weights.values()):
         raise HifieditError(f"offsets carry a batch of {next(iter(weights.values())).shape[0]} "
                             f"but x has {x.shape[0]} samples.")
+    if checkpoint and (method != "grouped" or not split_supported(unet)):
+        raise HifieditError("gradient checkpointing needs the grouped method and a plain "
+                            "UNet2DModel (see split_supported).")
     if method == "vmap":
         from torch.func import functional_call, vmap
 
@@ -190,8 +241,12 @@ def modulated_forward(unet: nn.Module, x: torch.Tensor, t: torch.Tensor,
             return functional_call(unet, w1, (x1[None], t1[None]), {"return_dict": False})[0][0]
 
         return vmap(one)(x, t, weights) if weights else unet(x, t, return_dict=False)[0]
-    if down is not None and not all(n.startswith(("mid_block.", "up_blocks.")) for n in weights):
-        raise HifieditError("a reused down pass needs every modulated layer in mid/up blocks.")
+    if (down is not None or checkpoint) and not all(n.startswith(MODULATED_BLOCKS) for n in weights):
+        raise HifieditError("a reused down pass and checkpointing need every modulated layer in "
+                            "mid/up blocks.")
+    if checkpoint:
+        down = down if down is not None else unet_down(unet, x, t, checkpoint=True)
+        return unet_up(unet, down, weights, checkpoint=True)
     with per_sample_convs(unet, weights):
         return unet_up(unet, down) if down is not None else unet(x, t, return_dict=False)[0]
 
@@ -203,28 +258,41 @@ def _as_eps(backbone, raw: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> to
 
 def rectified_eps(backbone, rectifier, x: torch.Tensor, t: torch.Tensor, x0_code: torch.Tensor,
                   unet: nn.Module | None = None, method: str = "grouped",
-                  return_parts: bool = False, step: torch.Tensor | None = None):
+                  return_parts: bool = False, step: torch.Tensor | None = None,
+                  checkpoint: bool = False):
     """ε_{θ̂}(x_t, t), θ̂ = θ' ⊙ (1 + R(x0, P_t(ε_θ(x_t, t)), t)) (DESIGN §1).
 
     P_t always comes from the frozen base θ (``backbone.unet``) and enters R as an input (no
     gradient flows back through the base pass); the modulated pass uses ``unet`` if given
     (θ' = ψ, the edited network) and θ otherwise. ``x0_code`` is ``rectifier.encode_x0(x0)``.
     ``step`` is the size t − t_next of the move (for a step-conditioned rectifier).
-    With ``return_parts`` returns (ε, P_t, offsets).
+    With ``return_parts`` returns (ε, P_t, offsets). ``checkpoint``: gradient checkpointing of
+    the modulated pass (:func:`modulated_forward`). The networks run at the backbone's
+    ``compute_dtype``; ε and P_t come back in x's dtype.
     """
+    with backbone.autocast():
+        return _rectified_eps(backbone, rectifier, x, t, x0_code, unet, method, return_parts,
+                              step, checkpoint)
+
+
+def _rectified_eps(backbone, rectifier, x, t, x0_code, unet, method, return_parts, step,
+                   checkpoint):
     base = backbone.unet
     t = t.to(x.device)
     t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
     step = step.to(x.device) if step is not None else None
     target = base if unet is None else unet
     reuse = target is base and method == "grouped" and split_supported(base)
-    down = unet_down(base, x, t) if reuse else None  # shared by both passes; keeps x's graph
+    # Shared by both passes; keeps x's graph.
+    down = unet_down(base, x, t, checkpoint and torch.is_grad_enabled()) if reuse else None
     with torch.no_grad():
         raw = unet_up(base, down) if reuse else base(x, t, return_dict=False)[0]
     alpha = backbone.alphas_cumprod.to(x.device)[t.long()]
     p_t = predict_x0(x, _as_eps(backbone, raw, x, t), alpha)
     deltas = rectifier(None, p_t, t, x0_code=x0_code, step=step)
-    eps = _as_eps(backbone, modulated_forward(target, x, t, deltas, method, down), x, t)
+    raw = modulated_forward(target, x, t, deltas, method, down,
+                            checkpoint=checkpoint and torch.is_grad_enabled())
+    eps = _as_eps(backbone, raw, x, t)
     return (eps, p_t, deltas) if return_parts else eps
 
 

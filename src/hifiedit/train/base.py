@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from hifiedit.weights import check_model_state
 from hifiedit.models import portable_name
-from hifiedit.runtime import atomic_folder
+from hifiedit.runtime import Runtime, atomic_folder
 from hifiedit.config import require
 from hifiedit.train.loop import Job, TrainLoop
 from hifiedit.train.run import torch_threads
@@ -135,7 +135,7 @@ def diffusion_loss(unet, x0, t, noise, alphas_cumprod, min_snr_gamma: float = 0.
     """ε-MSE at q(x_t | x0); with γ > 0 each sample is weighted min(SNR_t, γ) / SNR_t."""
     a = alphas_cumprod[t].to(x0.dtype).view(-1, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    per_sample = F.mse_loss(unet(x_t, t).sample, noise, reduction="none").mean(dim=(1, 2, 3))
+    per_sample = F.mse_loss(unet(x_t, t).sample.float(), noise, reduction="none").mean(dim=(1, 2, 3))
     if min_snr_gamma > 0:
         snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
         per_sample = per_sample * (snr.clamp(max=min_snr_gamma) / snr).to(x0.dtype)
@@ -202,9 +202,11 @@ class BaseJob(Job):
     desc = "train base"
     log_header = ["step", "loss", "lr", "img_per_s", "heldout_loss", "wall_s"]
 
-    def __init__(self, config: BaseTrainConfig, out: Path, train_images, val_images, device, shard):
+    def __init__(self, config: BaseTrainConfig, out: Path, train_images, val_images, device, shard,
+                 runtime: Runtime | None = None):
         shard.check(config.batch_size)
         self.config, self.out, self.device, self.shard = config, out, device, shard
+        self.runtime = runtime or Runtime(torch.device(device))
         self.train_images = train_images.to(device)
         self.val_images = val_images.to(device) if val_images is not None else None
         torch.manual_seed(config.seed)
@@ -240,7 +242,9 @@ class BaseJob(Job):
         self.lr = learning_rate(config, step)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
-        loss = diffusion_loss(self.unet, x0, t, noise, self.alphas_cumprod, config.min_snr_gamma)
+        with self.runtime.autocast():
+            loss = diffusion_loss(self.unet, x0, t, noise, self.alphas_cumprod,
+                                  config.min_snr_gamma)
         loss.backward()
         return loss
 
@@ -289,19 +293,24 @@ def train_base(
     progress: bool = True,
     stop_after: int | None = None,
     device: str | torch.device = "cpu",
+    precision: str = "fp32",
 ) -> dict:
     """Train (or resume) into `out`; returns a summary. `stop_after` stops at that step as if
     interrupted (used by the resume test). `device`: where the model trains ("auto": a GPU if
     there is one); every random draw still comes from the one CPU generator, so a run resumes
-    on another device with the same data, noise and timesteps. Under a launcher (accelerate,
-    torchrun, --num-processes) the global batch is split over the processes."""
+    on another device with the same data, noise and timesteps. `precision`: fp32 or bf16, the
+    U-Net's compute precision under autocast (weights, optimizer and EMA stay float32). Under
+    a launcher (accelerate, torchrun, --num-processes) the global batch is split over the
+    processes."""
     with torch_threads(config.threads):
         loop = TrainLoop(out, config, resume, RESUMABLE_OVERRIDES, max_minutes=max_minutes,
-                         stop_after=stop_after, progress=progress, device=device)
+                         stop_after=stop_after, progress=progress, device=device,
+                         precision=precision)
         if train_images is None:
             train_images, val_images = _load_data(config)
         require(train_images.shape[-1] == config.image_size,
                 f"images are {train_images.shape[-1]} px but image_size is {config.image_size}.")
-        job = BaseJob(config, Path(out), train_images, val_images, loop.device, loop.shard)
+        job = BaseJob(config, Path(out), train_images, val_images, loop.device, loop.shard,
+                      loop.runtime)
         result = loop.run(job)
     return {**result, "n_params": job.n_params, "out": portable_name(out)}

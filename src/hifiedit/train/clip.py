@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from hifiedit.errors import HifieditError
 from hifiedit.weights import check_model_state
 from hifiedit.models import portable_name
-from hifiedit.runtime import atomic_folder, write_text_atomic
+from hifiedit.runtime import Runtime, atomic_folder, write_text_atomic
 from hifiedit.train.loop import Job, TrainLoop
 from hifiedit.train.run import torch_threads
 from hifiedit.config import require
@@ -298,15 +298,18 @@ def contrastive_loss(image_emb, text_emb, logit_scale, positives):
 def clip_step_loss(model, tokenizer, images, captions, idx, mean, std, image_size):
     from hifiedit.guidance.clip import features, preprocess_images
 
+    device = model.logit_scale.device
     tokens = tokenizer(captions, padding=True, truncation=True,
                        max_length=model.config.text_config.max_position_embeddings,
-                       return_tensors="pt")
+                       return_tensors="pt").to(device)
+    # Embeddings in float32 whatever precision autocast ran the towers at.
     img = F.normalize(features(model.get_image_features(
-        pixel_values=preprocess_images(images, image_size, mean, std))), dim=-1)
+        pixel_values=preprocess_images(images.to(device), image_size, mean, std))).float(), dim=-1)
     txt = F.normalize(features(model.get_text_features(
-        input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])), dim=-1)
+        input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])).float(), dim=-1)
     same = (idx[:, None] == idx[None, :]) | torch.tensor(
         [[a == b for b in captions] for a in captions])
+    same = same.to(device)
     return contrastive_loss(img, txt, model.logit_scale.exp(), same)
 
 
@@ -338,13 +341,14 @@ class ClipJob(Job):
                   "val_gender_acc", "wall_s"]
 
     def __init__(self, config: ClipTrainConfig, out: Path, data: CaptionedImages, tokenizer,
-                 init_path, val_metrics: bool):
+                 init_path, val_metrics: bool, runtime: Runtime | None = None):
         from hifiedit.guidance.clip import OPENAI_MEAN, OPENAI_STD
 
         self.config, self.out, self.data, self.tokenizer = config, out, data, tokenizer
         self.val_metrics = val_metrics
         self.desc = f"train clip ({config.role})"
         torch.manual_seed(config.seed)
+        self.runtime = runtime or Runtime(torch.device("cpu"))
         self.model = build_clip(config, tokenizer).train()
         if init_path is not None:
             from transformers import CLIPModel
@@ -358,6 +362,7 @@ class ClipJob(Job):
             [{"params": decay, "weight_decay": config.weight_decay},
              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.model.to(self.runtime.device)
         self.grad_clip = config.grad_clip
         self.mean, self.std = torch.tensor(OPENAI_MEAN), torch.tensor(OPENAI_STD)
         self.n_params = sum(p.numel() for p in self.model.parameters())
@@ -376,8 +381,9 @@ class ClipJob(Job):
         self.lr = _lr(config, step)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
-        loss = clip_step_loss(self.model, self.tokenizer, images, captions, idx, self.mean,
-                              self.std, config.image_size)
+        with self.runtime.autocast():
+            loss = clip_step_loss(self.model, self.tokenizer, images, captions, idx, self.mean,
+                                  self.std, config.image_size)
         loss.backward()
         return loss
 
@@ -429,6 +435,8 @@ def train_clip(
     progress: bool = True,
     stop_after: int | None = None,
     val_metrics: bool = True,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
 ) -> dict:
     """Train (or resume) a CLIP into `out`; returns a summary.
 
@@ -437,6 +445,7 @@ def train_clip(
     that `load_clip` reads. `data` (CaptionedImages) replaces the OpenMoji train split;
     `stop_after` stops at that step as if interrupted (the resume test). `config.threads`
     applies for the run only. One process only: the contrastive loss needs the whole batch.
+    `device` and `precision`: :func:`hifiedit.runtime.resolve_runtime`.
     """
     from transformers import AutoTokenizer
 
@@ -445,7 +454,8 @@ def train_clip(
     out = Path(out)
     with torch_threads(config.threads):
         loop = TrainLoop(out, config, resume, RESUMABLE_OVERRIDES, max_minutes=max_minutes,
-                         stop_after=stop_after, progress=progress, distributed=False)
+                         stop_after=stop_after, progress=progress, distributed=False,
+                         device=device, precision=precision)
         if data is None:
             data = openmoji_training_set(config.image_size)
         else:
@@ -470,7 +480,7 @@ def train_clip(
             raise HifieditError(f"{tok_dir} is not the tokenizer this run was trained with.")
 
         job = ClipJob(config, out, data, tokenizer, init_path if loop.saved is None else None,
-                      val_metrics)
+                      val_metrics, loop.runtime)
         result = loop.run(job)
     summary = {**result, "n_params": job.n_params, "role": config.role, "out": portable_name(out),
                "model": portable_name(out / "model")}

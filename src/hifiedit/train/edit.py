@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -91,9 +91,11 @@ class EditTrainConfig:
     rectifier: str = "default"  # default (the shipped one), none, or a rectifier folder
     clip: str = "default"  # the guiding CLIP: default or a CLIPModel folder (never the judge)
     # Training images: train-split OpenMoji images carrying the source attribute, or every
-    # image of image_dir; `images` > 0 keeps a fixed random subset of that many.
+    # image of image_dir (its "train" split if its manifest.jsonl gives splits; loaded as
+    # hifiedit.data.images.load_image_folder says); `images` > 0 keeps a fixed random subset.
     images: int = 64
     image_dir: str = ""
+    crop: bool = False  # centre-crop non-square images of image_dir (else they are refused)
     # DDIM: invert to t0 with S_for steps (θ); both methods train for S_train-step generation
     # (the Markovian chain runs it; score matching tells the rectifier its moves).
     # t0 = 400 as the rest of the package; DiffusionCLIP uses S_for 40 and S_train 6.
@@ -166,16 +168,12 @@ def default_training_images(src: str, size: int) -> torch.Tensor:
     return data.tensor_at(idx)
 
 
-def folder_images(folder: Path, size: int) -> torch.Tensor:
-    from hifiedit.data.images import load_image
-    from hifiedit.edit.apply import image_files
-
-    return torch.cat([load_image(f, size) for f in image_files(Path(folder))])
-
-
 def training_images(config: EditTrainConfig, size: int) -> torch.Tensor:
-    x = folder_images(Path(config.image_dir), size) if config.image_dir else \
-        default_training_images(config.src, size)
+    from hifiedit.data.images import load_image_folder
+
+    # A folder's "train" split when its manifest gives splits, else all its images.
+    x = load_image_folder(config.image_dir, size, crop=config.crop, split="train") \
+        if config.image_dir else default_training_images(config.src, size)
     if config.images and config.images < len(x):
         pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(config.seed))
         x = x[pick[: config.images].sort().values]
@@ -207,6 +205,7 @@ class EditTask:
     # the step, gradients cleared), given this move's loss; the per-move Markovian variant
     # calls it after every move (:meth:`hifiedit.train.loop.TrainLoop.update`).
     update: Callable[[float], None] | None = None
+    checkpoint: bool = False  # gradient checkpointing of the edited passes (hifiedit.rectifier.modulate)
 
     def alpha(self, t: torch.Tensor) -> torch.Tensor:
         return self.backbone.alphas_cumprod.to(torch.float64)[t]
@@ -217,11 +216,19 @@ class EditTask:
         the size of the DDIM move this ε serves (the rectifier may be conditioned on it).
         ``edited=False``: the base θ instead of ψ (below the editing interval)."""
         unet = self.psi if edited else None
-        if self.rectifier is None:
+        checkpoint = self.checkpoint and edited and torch.is_grad_enabled()
+        if self.rectifier is None and not checkpoint:
             return self.backbone.eps(x, t, unet=unet)
-        from hifiedit.rectifier import rectified_eps
+        from hifiedit.rectifier import modulated_forward, rectified_eps
 
-        return rectified_eps(self.backbone, self.rectifier, x, t, x0_code, unet=unet, step=step)
+        if self.rectifier is None:  # ψ's own pass, recomputed block by block in backward
+            from types import SimpleNamespace
+
+            run = lambda x, t: SimpleNamespace(  # noqa: E731
+                sample=modulated_forward(unet, x, t.reshape(-1).expand(len(x)), {}, checkpoint=True))
+            return self.backbone.eps(x, t, unet=run)
+        return rectified_eps(self.backbone, self.rectifier, x, t, x0_code, unet=unet, step=step,
+                             checkpoint=checkpoint)
 
     def x0_code(self, x0: torch.Tensor) -> torch.Tensor | None:
         if self.rectifier is None:
@@ -340,34 +347,42 @@ def _load_rectifier(config: EditTrainConfig, backbone):
         "rectifier`) and pass --rectifier PATH, or --rectifier none."))
 
 
-def _guidance(config: EditTrainConfig, images: torch.Tensor):
+def _guidance(config: EditTrainConfig, images: torch.Tensor,
+              compute_dtype: torch.dtype = torch.float32):
     """(CLIP, ΔT, E_I(x0) per image), or Nones when λ_dir = 0 (STYLE 8: load only what a
     non-zero loss weight needs)."""
     if config.w_dir == 0:
         return None, None, None
     from hifiedit.guidance import load_clip, text_direction
 
-    clip = load_clip(config.clip)
+    clip = load_clip(config.clip, device=images.device, compute_dtype=compute_dtype)
     with torch.no_grad():
         emb = torch.cat([clip.encode_images(images[i:i + 64]) for i in range(0, len(images), 64)])
     return clip, text_direction(clip, config.src, config.tgt), emb
 
 
 def build_task(config: EditTrainConfig, backbone, images: torch.Tensor, cache_folder: Path,
-               progress: bool = False) -> tuple[EditTask, EditParams, dict]:
-    """The models, guidance and cached trajectories of one run; ψ's offsets start at zero."""
+               progress: bool = False,
+               grad_checkpointing: bool = False) -> tuple[EditTask, EditParams, dict]:
+    """The models, guidance and cached trajectories of one run; ψ's offsets start at zero.
+    Everything is placed on the backbone's device; the CLIP computes at its precision."""
+    from hifiedit.diffusion.backbone import module_device
+
+    images = images.to(module_device(backbone.unet))
     require(config.t0 < backbone.num_train_timesteps,
             f"t0={config.t0} is beyond the base model's {backbone.num_train_timesteps} steps.")
     require(images.shape[-1] == backbone.sample_size,
             f"images are {images.shape[-1]} px but the base model takes {backbone.sample_size}.")
     rect, rect_path = _load_rectifier(config, backbone)
-    clip, text_dir, src_emb = _guidance(config, images)
+    clip, text_dir, src_emb = _guidance(config, images, backbone.compute_dtype)
     # Keep every state of the S_for trajectory: score matching draws from all of them.
     cache = TrajectoryCache(cache_folder, backbone, config.t0, max_points=config.s_for)
     states, kept, grid = cache.get(images, config.s_for, progress=progress)
     params = EditParams.for_unet(backbone.unet, config.params_config(), seed=config.seed)
+    params.to(images.device)
     task = EditTask(config, backbone, params.as_unet(backbone.unet), rect, clip, text_dir, images,
-                    src_emb, states, torch.tensor(kept), torch.tensor(grid), cache.conventions)
+                    src_emb, states, torch.tensor(kept), torch.tensor(grid), cache.conventions,
+                    checkpoint=grad_checkpointing)
     meta = {"rectifier": rect_path, "cache": {"hits": cache.hits, "misses": cache.misses}}
     return task, params, meta
 
@@ -424,14 +439,18 @@ class EditJob(Job):
 def train_edit(config: EditTrainConfig, out: Path, base: str | Path = "default",
                resume: bool = False, max_minutes: float | None = None, backbone=None,
                train_images=None, cache_folder: Path | None = None, progress: bool = True,
-               stop_after: int | None = None) -> dict:
+               stop_after: int | None = None, device: str | torch.device = "cpu",
+               precision: str = "fp32", grad_checkpointing: bool = False) -> dict:
     """Train (or resume) an edit of the base model ``base`` into ``out``; returns a summary.
 
     ``out/checkpoint/`` is the resumable state, ``out/edit/`` the exported edit
     (``Edit.from_pretrained``), ``out/log.csv`` the log. ``backbone`` replaces loading
     ``base``; ``train_images`` the configured images; ``cache_folder`` defaults to
     $HIFIEDIT_CACHE/trajectories; ``stop_after`` stops at that step as if interrupted (the
-    resume test). Under a launcher the global batch is split over the processes.
+    resume test); ``device`` and ``precision``: :func:`hifiedit.runtime.resolve_runtime` (a
+    given backbone keeps its device); ``grad_checkpointing`` recomputes the edited passes'
+    activations in backward (less memory, the same gradients). Under a launcher the global
+    batch is split over the processes.
     """
     from hifiedit.data.openmoji import cache_dir
     from hifiedit.diffusion.backbone import load_backbone
@@ -440,9 +459,12 @@ def train_edit(config: EditTrainConfig, out: Path, base: str | Path = "default",
     out = Path(out)
     with torch_threads(config.threads):
         loop = TrainLoop(out, config, resume, RESUMABLE_OVERRIDES, max_steps=config.iters,
-                         max_minutes=max_minutes, stop_after=stop_after, progress=progress)
+                         max_minutes=max_minutes, stop_after=stop_after, progress=progress,
+                         device=device, precision=precision)
         loop.shard.check(config.batch_size)
-        backbone = backbone or load_backbone(base)
+        dtype = loop.runtime.dtype
+        backbone = replace(backbone, compute_dtype=dtype) if backbone is not None else \
+            load_backbone(base, device=loop.device, compute_dtype=dtype)
         digest = model_digest(backbone)
         if loop.state is not None:
             require(loop.state.get("base_digest") == digest, "Cannot resume: the base model "
@@ -451,7 +473,7 @@ def train_edit(config: EditTrainConfig, out: Path, base: str | Path = "default",
                   else training_images(config, backbone.sample_size))
         task, params, meta = build_task(config, backbone, images,
                                         cache_folder or cache_dir() / "trajectories",
-                                        progress and loop.procs.main)
+                                        progress and loop.procs.main, grad_checkpointing)
         info = {"base_model": portable_name(backbone.path or base), "method": config.method,
                 "markovian_variant": config.markovian_variant if config.method == "markovian" else None,
                 "src": config.src, "tgt": config.tgt, "t0": config.t0, "s_for": config.s_for,

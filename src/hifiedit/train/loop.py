@@ -32,7 +32,7 @@ import torch
 
 from hifiedit.config import require
 from hifiedit.errors import HifieditError
-from hifiedit.runtime import machine_description, resolve_device
+from hifiedit.runtime import Runtime, machine_description, resolve_device, resolve_runtime
 from hifiedit.train.checkpoint import (
     load_checkpoint,
     load_optimizer_state,
@@ -251,17 +251,24 @@ class Job:
 class TrainLoop:
     """Set up with the run folder and config (checks and reads the checkpoint to resume), then
     ``run(job)``. Between the two the trainer builds its job, reading ``saved``/``state`` for
-    its own resume checks and ``device``/``shard`` for where and what it trains."""
+    its own resume checks and ``device``/``runtime``/``shard`` for where, at which precision
+    and what it trains."""
 
     def __init__(self, out: Path, config, resume: bool = False, may_change: set[str] = frozenset(),
                  max_steps: int | None = None, max_minutes: float | None = None,
                  stop_after: int | None = None, progress: bool = True,
-                 device: str | torch.device = "cpu", distributed: bool = True):
+                 device: str | torch.device = "cpu", distributed: bool = True,
+                 precision: str = "fp32"):
         self.out, self.config = Path(out), config
+        # --device and --precision are refused before anything is written or a process
+        # group is started.
+        dtype = resolve_runtime(device, precision, training=True).dtype
         self.procs = processes(device)
         require(distributed or self.procs.count == 1,
                 "this trainer runs in one process only; start it without a launcher.")
         self.device = self.procs.device
+        # The compute precision (autocast) of the job's networks on this process's device.
+        self.runtime = Runtime(self.device, dtype)
         self.shard = Shard(self.procs.index, self.procs.count)
         ok, error = True, None
         if self.procs.main:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -55,7 +55,7 @@ from hifiedit.train.base import ema_update
 from hifiedit.train.loop import Job, Shard, TrainLoop
 from hifiedit.train.run import torch_threads
 from hifiedit.config import require
-from hifiedit.diffusion.backbone import model_digest
+from hifiedit.diffusion.backbone import model_digest, module_device
 from hifiedit.models import portable_name
 from hifiedit.train.trajectories import TrajectoryCache
 
@@ -114,6 +114,12 @@ class RectifierTrainConfig:
     # Start from a trained rectifier (a folder or shipped name) instead of zero offsets, e.g.
     # the one of the base model's previous release ("" = from zero; the architecture must match).
     init_from: str = ""
+    # Train on the images of this folder instead of OpenMoji (hifiedit.data.images
+    # .load_image_folder): its manifest's "train" split, and "val" for the held-out PSNR, when
+    # the manifest gives splits; else every image, none held out. `crop` centre-crops
+    # non-square images (else they are refused).
+    image_dir: str = ""
+    crop: bool = False
     # Monitoring: held-out PSNR of rectified reconstruction (EMA φ) on the val split.
     log_every: int = 10
     checkpoint_every: int = 100
@@ -270,9 +276,11 @@ def landing_target(x: torch.Tensor, x_next: torch.Tensor, a: torch.Tensor,
 
 
 def chain_loss(backbone, rectifier, draw: Draw, x, x0_code, levels: torch.Tensor,
-               j: torch.Tensor, config: RectifierTrainConfig) -> torch.Tensor:
+               j: torch.Tensor, config: RectifierTrainConfig,
+               checkpoint: bool = False) -> torch.Tensor:
     """Mean over ``config.grad_chain_steps`` rectified moves from x at τ_j of the move loss
-    (module docstring), gradients flowing through the chain into φ."""
+    (module docstring), gradients flowing through the chain into φ. ``checkpoint``: gradient
+    checkpointing of the modulated passes (the same gradients, less memory)."""
     from hifiedit.eval.metrics import ssim, to_unit
 
     losses = []
@@ -280,7 +288,8 @@ def chain_loss(backbone, rectifier, draw: Draw, x, x0_code, levels: torch.Tensor
         t, t_next = levels[j - r], levels[j - r - 1]
         a, a_next = _alpha(backbone, t), _landing_alpha(backbone, t_next)
         eps, p_base, _ = rectified_eps(backbone, rectifier, x, t, x0_code,
-                                       step=_step(levels, j - r), return_parts=True)
+                                       step=_step(levels, j - r), return_parts=True,
+                                       checkpoint=checkpoint)
         p_hat = predict_x0(x, eps, a)
         target = draw.x0 if draw.landing is None else landing_target(x, draw.landing[r], a, a_next)
         err = (p_hat - target).square().flatten(1).mean(1)
@@ -298,12 +307,13 @@ def chain_loss(backbone, rectifier, draw: Draw, x, x0_code, levels: torch.Tensor
 
 
 def iteration_loss(backbone, rectifier, points, images, config, gen,
-                   shard: Shard = Shard()) -> torch.Tensor:
+                   shard: Shard = Shard(), checkpoint: bool = False) -> torch.Tensor:
     draw = draw_batch(backbone, points, images, config, gen, shard)
     levels = points[draw.s].levels
-    code = rectifier.encode_x0(draw.x0)
+    with backbone.autocast():
+        code = rectifier.encode_x0(draw.x0)
     x, j = rollout(backbone, rectifier, draw.x, code, levels, draw.j, draw.k)
-    return chain_loss(backbone, rectifier, draw, x, code, levels, j, config)
+    return chain_loss(backbone, rectifier, draw, x, code, levels, j, config, checkpoint)
 
 
 # --------------------------------------------------------------------------- held-out PSNR
@@ -351,6 +361,15 @@ def training_subset(n_train: int, config: RectifierTrainConfig) -> torch.Tensor:
 
 
 def _load_images(config: RectifierTrainConfig, size: int):
+    if config.image_dir:
+        from hifiedit.data.images import folder_splits, load_image_folder
+
+        splits = folder_splits(config.image_dir)
+        train = load_image_folder(config.image_dir, size, crop=config.crop,
+                                  split="train" if splits else None)
+        val = load_image_folder(config.image_dir, size, crop=config.crop, split="val") \
+            if "val" in splits else train[:0]
+        return train[training_subset(len(train), config)], val[: config.n_val_images]
     from hifiedit.data.openmoji import load_openmoji
 
     data = load_openmoji(size)
@@ -376,11 +395,11 @@ class RectifierJob(Job):
 
     def __init__(self, config: RectifierTrainConfig, out: Path, backbone, train_images,
                  val_images, cache: TrajectoryCache, points, start_from_init: bool, device,
-                 shard):
+                 shard, grad_checkpointing: bool = False):
         shard.check(config.batch_size)
         self.config, self.out, self.backbone, self.cache = config, out, backbone, cache
         self.points, self.train_images, self.val_images = points, train_images, val_images
-        self.shard = shard
+        self.shard, self.grad_checkpointing = shard, grad_checkpointing
         self.log_header = ["step", "loss", "lr", "it_per_s",
                            *[f"val_psnr_{s}" for s in config.eval_steps], "wall_s"]
         torch.manual_seed(config.seed)
@@ -408,7 +427,7 @@ class RectifierJob(Job):
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
         loss = iteration_loss(self.backbone, self.rect, self.points, self.train_images, config,
-                              self.generator, shard)
+                              self.generator, shard, self.grad_checkpointing)
         loss.backward()
         return loss
 
@@ -450,7 +469,8 @@ def train_rectifier(config: RectifierTrainConfig, out: Path, base: str | Path = 
                     resume: bool = False, max_minutes: float | None = None, backbone=None,
                     train_images=None, val_images=None, cache_folder: Path | None = None,
                     progress: bool = True, stop_after: int | None = None,
-                    device: str | torch.device = "cpu") -> dict:
+                    device: str | torch.device = "cpu", precision: str = "fp32",
+                    grad_checkpointing: bool = False) -> dict:
     """Train (or resume) a rectifier for the base model ``base`` into ``out``; returns a summary.
 
     ``out/checkpoint/`` is the resumable state, ``out/rectifier/`` the exported EMA rectifier
@@ -458,7 +478,10 @@ def train_rectifier(config: RectifierTrainConfig, out: Path, base: str | Path = 
     ``base``; ``train_images``/``val_images`` the OpenMoji splits; ``cache_folder`` defaults to
     $HIFIEDIT_CACHE/trajectories; ``stop_after`` stops at that step as if interrupted (the
     resume test); ``device`` "auto" is a GPU if there is one (random draws stay on the CPU
-    generator, as in the base trainer). Under a launcher the global batch is split over the
+    generator, as in the base trainer); ``precision`` the U-Net's compute precision
+    (:func:`hifiedit.runtime.resolve_runtime`; a given backbone keeps its device);
+    ``grad_checkpointing`` recomputes the modulated passes' activations in backward (less
+    memory, the same gradients). Under a launcher the global batch is split over the
     processes.
     """
     from hifiedit.data.openmoji import cache_dir
@@ -468,9 +491,12 @@ def train_rectifier(config: RectifierTrainConfig, out: Path, base: str | Path = 
     out = Path(out)
     with torch_threads(config.threads):
         loop = TrainLoop(out, config, resume, RESUMABLE_OVERRIDES, max_minutes=max_minutes,
-                         stop_after=stop_after, progress=progress, device=device)
-        device = loop.device
-        backbone = backbone or load_backbone(base, device=device)
+                         stop_after=stop_after, progress=progress, device=device,
+                         precision=precision)
+        dtype = loop.runtime.dtype
+        backbone = replace(backbone, compute_dtype=dtype) if backbone is not None else \
+            load_backbone(base, device=loop.device, compute_dtype=dtype)
+        device = module_device(backbone.unet)
         require(config.t0 < backbone.num_train_timesteps,
                 f"t0={config.t0} is beyond the base model's {backbone.num_train_timesteps} steps.")
         digest = model_digest(backbone)
@@ -488,7 +514,8 @@ def train_rectifier(config: RectifierTrainConfig, out: Path, base: str | Path = 
                                 max_points=config.cache_points, inversion=config.inversion_spec())
         points = build_points(cache, train_images, config.step_grids, progress and loop.procs.main)
         job = RectifierJob(config, out, backbone, train_images, val_images, cache, points,
-                           bool(config.init_from) and loop.saved is None, device, loop.shard)
+                           bool(config.init_from) and loop.saved is None, device, loop.shard,
+                           grad_checkpointing)
         plain = (heldout_psnr(backbone, None, val_images, cache, config.eval_steps)
                  if job.has_val else {})
         job.info = {"base": portable_name(backbone.path or base), "base_digest": digest,

@@ -70,6 +70,9 @@ class TrajectoryCache:
                 "kept": kept_points(n_steps, self.max_points), "dtype": "float32"}
         if self.inversion != Inversion():  # plain DDIM keeps the keys it always had
             meta["inversion"] = asdict(self.inversion)
+        compute = getattr(self.backbone, "compute_dtype", torch.float32)
+        if compute != torch.float32:  # float32 keeps the keys it had before precisions existed
+            meta["compute_dtype"] = str(compute)
         h.update(json.dumps(meta, sort_keys=True).encode())
         return h.hexdigest()
 
