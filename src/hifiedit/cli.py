@@ -569,6 +569,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _close_progress_bars() -> None:
+    """A failure inside a loop leaves its progress bar's line open; closing it first puts the
+    error on a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
@@ -583,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
                                     f"that started {launched_world_size()} processes.")
         args.func(args)
     except HifieditError as e:
+        _close_progress_bars()
         print(f"hifiedit: error: {e}", file=sys.stderr)
         return 1
     return 0

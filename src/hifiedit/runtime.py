@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from hifiedit.errors import HifieditError
 
@@ -115,10 +116,12 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_folder(dest: Path, what: str = "output"):
+def atomic_folder(dest: Path, what: str = "output", replace: bool = True):
     """Yield a temporary sibling of `dest` to fill; when the block succeeds it replaces `dest`
     by renames, when anything fails (full disk, interruption) it is removed and `dest` is left
     as it was. A crash between the two renames leaves `dest.old`, which readers may fall back to.
+    With `replace` False an existing `dest` is never replaced: when another process has
+    written it meanwhile, this one refuses (a rename onto a non-empty folder fails).
     """
     dest = Path(dest)
     try:
@@ -129,6 +132,15 @@ def atomic_folder(dest: Path, what: str = "output"):
         raise HifieditError(f"Cannot write to {dest.parent}: {e.strerror or e}.") from e
     try:
         yield tmp
+        if not replace:
+            try:
+                os.rename(tmp, dest)
+            except OSError as e:
+                if dest.exists():
+                    raise HifieditError(f"{dest} was written by another process meanwhile; "
+                                        "pass --force to replace it.") from e
+                raise
+            return
         old = dest.with_name(dest.name + ".old")
         if dest.exists():
             if old.exists():
@@ -136,10 +148,19 @@ def atomic_folder(dest: Path, what: str = "output"):
             os.replace(dest, old)
         os.replace(tmp, dest)
         shutil.rmtree(old, ignore_errors=True)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error
         shutil.rmtree(tmp, ignore_errors=True)
-        raise HifieditError(f"Writing {what} {dest} failed ({e.strerror or e}); "
+        raise HifieditError(f"Writing {what} {dest} failed ({_reason(e)}); "
                             "nothing was changed.") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _reason(error: Exception) -> str:
+    """One short reason: shutil.copytree gathers every failed file into one error; its first
+    one says why."""
+    if isinstance(error, shutil.Error) and error.args and isinstance(error.args[0], list):
+        first = error.args[0][0] if error.args[0] else None
+        return f"{first[2]}" if first and len(first) == 3 else "copy failed"
+    return getattr(error, "strerror", None) or str(error)

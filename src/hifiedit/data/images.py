@@ -177,8 +177,28 @@ def save_image(x: torch.Tensor, path: Path | str, force: bool = False) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(arr).save(tmp, format=SAVE_FORMATS[path.suffix.lower()])
-        os.replace(tmp, path)
+        if force:
+            os.replace(tmp, path)
+        else:
+            publish_new(tmp, path)
+    except FileExistsError as e:
+        raise HifieditError(f"{path} was written by another process meanwhile; pass --force "
+                            "to overwrite it.") from e
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise HifieditError(f"Could not write {path}: {e.strerror or e}.") from e
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def publish_new(tmp: Path, path: Path) -> None:
+    """Move the finished `tmp` to `path` only if `path` does not exist, atomically: a hard
+    link fails when the name is taken (two processes writing one output: one wins whole, the
+    other gets FileExistsError), where a rename would silently replace the winner's file."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: claim the name exclusively first
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        os.replace(tmp, path)

@@ -123,17 +123,30 @@ def load_backbone(
     (autocast, :class:`hifiedit.runtime.Runtime`)."""
     from diffusers import UNet2DModel
 
+    from safetensors import SafetensorError
+
+    from hifiedit.weights import check_finite, check_loading_info, check_safetensors_file, short
+
     path = resolve_model_path(name_or_path)
     unet_dir, scheduler_file = _find_parts(path)
-    config = json.loads((unet_dir / "config.json").read_text())
+    config, scheduler = _read_json(unet_dir / "config.json"), _read_json(scheduler_file)
     if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise HifieditError(
             f"{unet_dir / 'config.json'} describes a {config['_class_name']}; hifiedit edits "
             "unconditional UNet2DModel networks only."
         )
+    sizes = config.get("sample_size", 32)
+    for key, value in (("in_channels", config.get("in_channels", 3)),
+                       ("out_channels", config.get("out_channels", 3)),
+                       *((("sample_size", v) for v in sizes) if isinstance(sizes, list)
+                         else [("sample_size", sizes)])):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise HifieditError(f"{unet_dir / 'config.json'}: {key} must be a positive integer, "
+                                f"got {value!r}.")
     if not any((unet_dir / w).is_file() for w in _WEIGHT_FILES):
         raise HifieditError(f"{unet_dir} has a config but no weights ({' or '.join(_WEIGHT_FILES)}).")
-    scheduler = json.loads(scheduler_file.read_text())
+    if (unet_dir / _WEIGHT_FILES[0]).is_file():
+        check_safetensors_file(unet_dir / _WEIGHT_FILES[0])
     prediction = scheduler.get("prediction_type", "epsilon")
     if prediction not in _PREDICTIONS:
         raise HifieditError(f"Unsupported prediction_type {prediction!r} in {scheduler_file}.")
@@ -142,19 +155,38 @@ def load_backbone(
         raise HifieditError(f"U-Net has {in_ch} input but {out_ch} output channels; cannot read ε.")
     try:
         # low_cpu_mem_usage=False: the same result without requiring `accelerate`.
-        unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True, torch_dtype=dtype,
-                                           low_cpu_mem_usage=False)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise HifieditError(f"Could not load the U-Net in {unet_dir}: {e}") from e
+        unet, info = UNet2DModel.from_pretrained(unet_dir, local_files_only=True,
+                                                 torch_dtype=dtype, low_cpu_mem_usage=False,
+                                                 output_loading_info=True)
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError, SafetensorError) as e:
+        raise HifieditError(f"Could not load the U-Net in {unet_dir}: {short(e)}") from e
+    check_loading_info(info, unet_dir)
+    check_finite(unet.state_dict(), unet_dir)
+    try:
+        alphas_cumprod = alphas_cumprod_from_config(scheduler)
+    except HifieditError as e:
+        raise HifieditError(f"{scheduler_file}: {e}") from e
+    except (TypeError, ValueError) as e:
+        raise HifieditError(f"{scheduler_file}: invalid noise schedule ({short(e)}).") from e
     unet.to(device).eval().requires_grad_(False)
     return Backbone(
         unet=unet,
-        alphas_cumprod=alphas_cumprod_from_config(scheduler),
+        alphas_cumprod=alphas_cumprod,
         prediction_type=prediction,
         name=path.name,
         path=path,
         compute_dtype=compute_dtype,
     )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HifieditError(f"{path} is not valid JSON: {e}.") from e
+    if not isinstance(value, dict):
+        raise HifieditError(f"{path} must hold a JSON object.")
+    return value
 
 
 def model_digest(backbone) -> str:

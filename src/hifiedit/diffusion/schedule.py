@@ -86,6 +86,19 @@ def linear_alphas_cumprod(
 # --------------------------------------------------------------------------- τ grids
 
 
+# No diffusion model has more than a few thousand training levels; a bound keeps the float
+# grid exact and the lists small whatever a caller passes.
+MAX_LEVEL = 10**6
+
+
+def _integer(value, name: str) -> int:
+    """An integer level or step count; int(400.7) would silently become 400."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float)) \
+            or (isinstance(value, float) and not value.is_integer()):
+        raise HifieditError(f"{name} must be an integer, got {value!r}.")
+    return int(value)
+
+
 def ddim_timesteps(t0: int, n_steps: int, spacing: str = "diffusionclip") -> list[int]:
     """Increasing levels ``[τ_0, …, τ_S]`` (S = ``n_steps`` moves = U-Net evaluations) up to ``t0``.
 
@@ -110,7 +123,9 @@ def ddim_timesteps(t0: int, n_steps: int, spacing: str = "diffusionclip") -> lis
       (999, 50 → top 980). "trailing": anchored at t0, ``round((t0+1)·j/S) − 1`` for j = 1…S.
       With ``t0 = T − 1`` both equal diffusers' DDIMScheduler grids exactly. ``1 ≤ S ≤ t0 + 1``.
     """
-    t0, n = int(t0), int(n_steps)
+    t0, n = _integer(t0, "t0"), _integer(n_steps, "the number of steps")
+    if t0 > MAX_LEVEL:
+        raise HifieditError(f"t0={t0} is beyond any noise schedule (at most {MAX_LEVEL:,} levels).")
     if spacing not in SPACINGS:
         raise HifieditError(f"unknown timestep spacing {spacing!r}; expected one of {SPACINGS}")
     limit = t0 if spacing == "diffusionclip" else t0 + 1

@@ -280,9 +280,7 @@ class Edit:
     @classmethod
     def from_pretrained(cls, folder: str | Path, backbone=None) -> "Edit":
         """Strict loading; with ``backbone``, refuses one that is not the edit's base model."""
-        from safetensors.torch import load_file
-
-        from hifiedit.weights import read_folder_meta
+        from hifiedit.weights import load_safetensors, read_folder_meta
 
         folder = Path(folder)
         cfg_path = folder / CONFIG_NAME
@@ -291,15 +289,28 @@ class Edit:
             raise HifieditError(f"{cfg_path} does not describe a hifiedit edit (no base_digest).")
         from hifiedit.config import config_from_dict
 
-        config = config_from_dict(EditParamsConfig, meta.pop("params", {}))
-        layers = {n: tuple(s) for n, s in meta.pop("layers", {}).items()}
+        try:
+            config = config_from_dict(EditParamsConfig, meta.pop("params", {}))
+            layers = {n: tuple(int(v) for v in s) for n, s in meta.pop("layers", {}).items()}
+            for key in ("t0", "t_edit", "s_for", "s_train"):
+                value = meta.get(key)
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                          or value < 0):
+                    raise HifieditError(f"{key} must be an integer ≥ 0, got {value!r}.")
+        except HifieditError as e:
+            raise HifieditError(f"{cfg_path}: {e}") from e
+        except (AttributeError, TypeError, ValueError) as e:
+            raise HifieditError(f"{cfg_path}: invalid edit config ({e}).") from e
         if not layers:
             raise HifieditError(f"{cfg_path} records no edited parameters.")
         edit = cls(EditParams(config, layers), meta.pop("base_digest"), meta, name=folder.name)
-        edit.params.load_tensors(load_file(str(w_path)), f"edit weights in {w_path}")
+        edit.params.load_tensors(load_safetensors(w_path), f"edit weights in {w_path}")
         if backbone is not None:
-            edit.check_base(backbone)
-            edit.params.check_unet(backbone.unet)
+            try:
+                edit.check_base(backbone)
+                edit.params.check_unet(backbone.unet)
+            except HifieditError as e:
+                raise HifieditError(f"{folder}: {e}") from e
         return edit
 
 

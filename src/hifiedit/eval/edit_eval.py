@@ -231,7 +231,7 @@ class _Rectifiers:
         if key not in self.loaded:
             from hifiedit.rectifier import Rectifier
 
-            self.loaded[key] = Rectifier.load_frozen(path, self.backbone.unet)
+            self.loaded[key] = Rectifier.load_frozen(path, self.backbone)
         return self.loaded[key], portable_name(path)
 
 

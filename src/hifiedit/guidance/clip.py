@@ -200,11 +200,22 @@ def load_clip(
     if role == "judge" and not allow_judge:
         raise HifieditError(f"{path} is a judge CLIP: it only scores edits and cannot guide or "
                             "train them (only evaluation code may load it).")
+    from huggingface_hub.errors import StrictDataclassError
+    from safetensors import SafetensorError
+
+    from hifiedit.weights import check_finite, check_loading_info, check_safetensors_file, short
+
+    if (path / "model.safetensors").is_file():
+        check_safetensors_file(path / "model.safetensors")
     try:
-        model = CLIPModel.from_pretrained(path, local_files_only=True)
+        model, info = CLIPModel.from_pretrained(path, local_files_only=True,
+                                                output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise HifieditError(f"Could not load the CLIP model in {path}: {e}") from e
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError,
+            StrictDataclassError) as e:  # the last: a config value of the wrong type
+        raise HifieditError(f"Could not load the CLIP model in {path}: {short(e)}") from e
+    check_loading_info(info, path)
+    check_finite(model.state_dict(), path)
     model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     mean, std = _normalisation(path)
     return Clip(model=model, tokenizer=tokenizer,

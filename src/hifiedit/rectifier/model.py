@@ -200,6 +200,9 @@ class Rectifier(nn.Module):
         if bad:
             raise HifieditError(f"rectifier layers must be 4-D conv weights; not: {bad[:5]}")
         self.encoder = GlobalEncoder(config)
+        # Content hash of the base model it was trained for (model_digest), when known: a
+        # rectifier of another base with the same architecture would load and silently harm.
+        self.base_digest: str | None = None
         # Branches are indexed in layer order; the names live in self.layers (and config.json).
         self.branches = nn.ModuleList(SeparableBranch(s, config) for s in self.layers.values())
 
@@ -245,15 +248,16 @@ class Rectifier(nn.Module):
                 parts.append(f"shape mismatches {wrong[:4]}{' …' if len(wrong) > 4 else ''}")
             raise HifieditError("this rectifier was built for a different U-Net: " + "; ".join(parts) + ".")
 
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """config.json (config + modulated layer names and shapes) + model.safetensors,
-        written to a temporary sibling and renamed into place."""
+    def save_pretrained(self, folder: str | Path, base_digest: str | None = None) -> Path:
+        """config.json (config + modulated layer names and shapes + the base model's content
+        hash) + model.safetensors, written to a temporary sibling and renamed into place."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
+        digest = base_digest or self.base_digest
         with atomic_folder(folder, "rectifier") as tmp:
             meta = {"_class_name": "Rectifier", "hifiedit_version": __version__,
-                    **asdict(self.config),
+                    **asdict(self.config), **({"base_digest": digest} if digest else {}),
                     "layers": {n: list(s) for n, s in self.layers.items()}}
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=1) + "\n")
             tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
@@ -262,28 +266,51 @@ class Rectifier(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, unet: nn.Module | None = None,
-                        device: str | torch.device = "cpu") -> "Rectifier":
-        """Strict loading. With ``unet``, refuses one whose mid/up convolutions differ."""
-        from safetensors.torch import load_file
-
-        from hifiedit.weights import check_model_state, read_folder_meta
+                        device: str | torch.device = "cpu",
+                        base_digest: str | None = None) -> "Rectifier":
+        """Strict loading. With ``unet``, refuses one whose mid/up convolutions differ; with
+        ``base_digest``, a rectifier recorded as trained for another base model."""
+        from hifiedit.config import config_from_dict
+        from hifiedit.weights import check_model_state, load_safetensors, read_folder_meta
 
         folder = Path(folder)
         cfg_path = folder / CONFIG_NAME
         meta, w_path = read_folder_meta(folder, CONFIG_NAME, WEIGHTS_NAME, "Rectifier", "a rectifier")
-        layers = {n: tuple(s) for n, s in meta.pop("layers", {}).items()}
-        if not layers:
+        layers = meta.pop("layers", {})
+        recorded = meta.pop("base_digest", None)
+        if not layers or not isinstance(layers, dict):
             raise HifieditError(f"{cfg_path} records no modulated layers.")
-        rectifier = cls(RectifierConfig.from_dict(meta), layers)
+        try:
+            layers = {n: tuple(int(v) for v in s) for n, s in layers.items()}
+            rectifier = cls(config_from_dict(RectifierConfig, meta), layers)
+        except HifieditError as e:
+            raise HifieditError(f"{cfg_path}: {e}") from e
+        except (TypeError, ValueError) as e:
+            raise HifieditError(f"{cfg_path}: invalid rectifier config ({e}).") from e
+        if base_digest is not None and recorded is not None and recorded != base_digest:
+            raise HifieditError(f"{folder} is a rectifier for another base model (sha256 "
+                                f"{recorded[:12]}…, this one {base_digest[:12]}…); train one "
+                                "for this base with `hifiedit train rectifier`.")
+        rectifier.base_digest = recorded
         if unet is not None:
-            rectifier.check_unet(unet)
-        check_model_state(rectifier, load_file(str(w_path)), f"Rectifier weights in {w_path}")
+            try:
+                rectifier.check_unet(unet)
+            except HifieditError as e:
+                raise HifieditError(f"{folder}: {e}") from e
+        check_model_state(rectifier, load_safetensors(w_path), f"Rectifier weights in {w_path}")
         return rectifier.to(device)
 
     @classmethod
-    def load_frozen(cls, folder: str | Path, unet: nn.Module) -> "Rectifier":
-        """For use beside ``unet``: checked against it, on its device, in eval mode, no grads."""
-        return cls.from_pretrained(folder, unet, unet.device).eval().requires_grad_(False)
+    def load_frozen(cls, folder: str | Path, backbone) -> "Rectifier":
+        """For use beside ``backbone`` (a Backbone, checked by content hash when the rectifier
+        records its base, or a bare U-Net): on its device, in eval mode, no grads."""
+        digest = None
+        if hasattr(backbone, "unet"):
+            from hifiedit.diffusion.backbone import model_digest
+
+            digest, backbone = model_digest(backbone), backbone.unet
+        return cls.from_pretrained(folder, backbone, backbone.device,
+                                   base_digest=digest).eval().requires_grad_(False)
 
 
 # The shipped rectifier for each inversion: a rectifier corrects the chain its inversion
@@ -327,4 +354,4 @@ def load_rectifier(name_or_path: str | Path | None, backbone, missing: str | Non
         if missing is not None and wanted:
             raise HifieditError(missing)
         return None, None
-    return Rectifier.load_frozen(path, backbone.unet), portable_name(path)
+    return Rectifier.load_frozen(path, backbone), portable_name(path)

@@ -21,7 +21,7 @@ from hifiedit.models import portable_name
 from hifiedit.runtime import Runtime, atomic_folder
 from hifiedit.config import require
 from hifiedit.train.loop import Job, TrainLoop
-from hifiedit.train.run import torch_threads
+from hifiedit.train.run import holds_run_lock, torch_threads
 
 # Fields that may differ when resuming: they change how long and how visibly we train, not what.
 RESUMABLE_OVERRIDES = {"max_steps", "cooldown_steps", "log_every", "checkpoint_every",
@@ -283,6 +283,7 @@ class BaseJob(Job):
         export_model(self.ema, self.config, self.out / "model")
 
 
+@holds_run_lock
 def train_base(
     config: BaseTrainConfig,
     out: Path,

@@ -11,11 +11,12 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from hifiedit import __version__
 from hifiedit.errors import HifieditError
 from hifiedit.runtime import atomic_folder
+from hifiedit.weights import load_safetensors
 
 
 def save_checkpoint(folder: Path, groups: dict[str, dict[str, torch.Tensor]], state: dict) -> None:
@@ -23,7 +24,8 @@ def save_checkpoint(folder: Path, groups: dict[str, dict[str, torch.Tensor]], st
         for name, tensors in groups.items():
             tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
             save_file(tensors, str(tmp / f"{name}.safetensors"))
-        (tmp / "state.json").write_text(json.dumps({**state, "version": __version__}, indent=1))
+        (tmp / "state.json").write_text(json.dumps(
+            {**state, "groups": sorted(groups), "version": __version__}, indent=1))
 
 
 def load_checkpoint(folder: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
@@ -34,9 +36,31 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, dict[str, torch.Tensor]], d
             folder = old
         else:
             raise HifieditError(f"{folder} is not a hifiedit checkpoint (no state.json).")
-    state = json.loads((folder / "state.json").read_text())
-    groups = {p.stem: load_file(str(p)) for p in folder.glob("*.safetensors")}
+    try:
+        state = json.loads((folder / "state.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HifieditError(f"{folder / 'state.json'} is not valid JSON: {e}.") from e
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) \
+            or not isinstance(state.get("config"), dict):
+        raise HifieditError(f"{folder / 'state.json'} is not a hifiedit checkpoint state "
+                            "(no integer step or no config).")
+    missing = [g for g in state.get("groups", []) if not (folder / f"{g}.safetensors").is_file()]
+    if missing:
+        raise HifieditError(f"{folder} is an incomplete checkpoint: no "
+                            f"{', '.join(g + '.safetensors' for g in missing)}.")
+    groups = _Groups(folder, {p.stem: load_safetensors(p) for p in sorted(folder.glob("*.safetensors"))})
     return groups, state
+
+
+class _Groups(dict):
+    """A checkpoint's tensor groups; a missing one is named, not a KeyError."""
+
+    def __init__(self, folder: Path, groups: dict):
+        super().__init__(groups)
+        self.folder = folder
+
+    def __missing__(self, key):
+        raise HifieditError(f"{self.folder} is an incomplete checkpoint: no {key}.safetensors.")
 
 
 def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:

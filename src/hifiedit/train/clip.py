@@ -37,7 +37,7 @@ from hifiedit.weights import check_model_state
 from hifiedit.models import portable_name
 from hifiedit.runtime import Runtime, atomic_folder, write_text_atomic
 from hifiedit.train.loop import Job, TrainLoop
-from hifiedit.train.run import torch_threads
+from hifiedit.train.run import holds_run_lock, torch_threads
 from hifiedit.config import require
 
 # Fields that may differ when resuming: they change how visibly we train, not what.
@@ -425,6 +425,7 @@ class ClipJob(Job):
         export_clip(self.model, self.tokenizer, self.config, self.out / "model", step)
 
 
+@holds_run_lock
 def train_clip(
     config: ClipTrainConfig,
     out: Path,

@@ -70,7 +70,7 @@ from hifiedit.rectifier.modulate import move_sizes
 from hifiedit.runtime import write_text_atomic
 from hifiedit.config import require
 from hifiedit.train.loop import Job, Shard, TrainLoop
-from hifiedit.train.run import torch_threads
+from hifiedit.train.run import holds_run_lock, torch_threads
 from hifiedit.data.attributes import has_attribute, source_attribute
 from hifiedit.diffusion.backbone import model_digest
 from hifiedit.models import portable_name
@@ -436,6 +436,7 @@ class EditJob(Job):
         edit.save_pretrained(self.out / "edit")
 
 
+@holds_run_lock
 def train_edit(config: EditTrainConfig, out: Path, base: str | Path = "default",
                resume: bool = False, max_minutes: float | None = None, backbone=None,
                train_images=None, cache_folder: Path | None = None, progress: bool = True,

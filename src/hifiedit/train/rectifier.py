@@ -53,7 +53,7 @@ from hifiedit.rectifier import Rectifier, RectifierConfig, rectified_eps, rectif
 from hifiedit.runtime import write_text_atomic
 from hifiedit.train.base import ema_update
 from hifiedit.train.loop import Job, Shard, TrainLoop
-from hifiedit.train.run import torch_threads
+from hifiedit.train.run import holds_run_lock, torch_threads
 from hifiedit.config import require
 from hifiedit.diffusion.backbone import model_digest, module_device
 from hifiedit.models import portable_name
@@ -462,9 +462,11 @@ class RectifierJob(Job):
         return self.info
 
     def export(self, step):
-        self.ema.save_pretrained(self.out / "rectifier")
+        self.ema.save_pretrained(self.out / "rectifier",
+                                 base_digest=self.info.get("base_digest"))
 
 
+@holds_run_lock
 def train_rectifier(config: RectifierTrainConfig, out: Path, base: str | Path = "default",
                     resume: bool = False, max_minutes: float | None = None, backbone=None,
                     train_images=None, val_images=None, cache_folder: Path | None = None,

@@ -25,7 +25,7 @@ def staged_release(model_dir: Path, dest: Path, force: bool, eval_json: Path | N
     dest = Path(dest)
     if dest.exists() and not force:
         raise HifieditError(f"{dest} exists; pass --force to replace it.")
-    with atomic_folder(dest, "release") as tmp:
+    with atomic_folder(dest, "release", replace=force) as tmp:
         shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
         if eval_json is not None:
             shutil.copyfile(eval_json, tmp / Path(eval_json).name)

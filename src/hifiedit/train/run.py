@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import shutil
 import signal
 from dataclasses import asdict
 from pathlib import Path
@@ -14,19 +15,93 @@ import torch
 from hifiedit.errors import HifieditError
 
 
-def prepare_run_dir(out: Path, resume: bool) -> Path:
-    """Check `out` before any work: refuse to clobber a run without --resume, refuse --resume
-    with nothing to resume, and make sure the folder is writable. Returns the checkpoint path."""
+_LOCKS: dict[Path, int] = {}  # run folder → file descriptor holding its lock
+
+
+def lock_run_dir(out: Path) -> None:
+    """Hold an exclusive lock on `out` (flock on OUT/.lock) so that a second process training
+    into the same folder refuses at once instead of interleaving checkpoints and log rows. The
+    kernel drops the lock when the process ends, however it ends (SIGKILL included), so a
+    killed run never leaves a stale lock behind."""
+    import fcntl
+    import os
+
+    key = Path(out).resolve()
+    if key in _LOCKS:
+        return
+    try:
+        fd = os.open(key / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise HifieditError(f"Cannot write to {out}: {e.strerror or e}.") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise HifieditError(f"{out} is in use by another training process (pid {holder}); "
+                            "wait for it to finish or choose another --out.") from e
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _LOCKS[key] = fd
+
+
+def release_run_locks(before: set[Path]) -> None:
+    import os
+
+    for key in set(_LOCKS) - before:
+        os.close(_LOCKS.pop(key))
+
+
+def holds_run_lock(train):
+    """Decorator for a trainer: the run-folder lock that `prepare_run_dir` takes is released
+    when the trainer returns or raises."""
+    import functools
+
+    @functools.wraps(train)
+    def wrapper(*args, **kwargs):
+        before = set(_LOCKS)
+        try:
+            return train(*args, **kwargs)
+        finally:
+            release_run_locks(before)
+
+    return wrapper
+
+
+def has_checkpoint(out: Path) -> bool:
+    """Whether `out` holds a checkpoint to resume (or the previous one, left as checkpoint.old
+    by a crash between the two renames that swap a new one in)."""
     out = Path(out)
+    return ((out / "checkpoint" / "state.json").is_file()
+            or (out / "checkpoint.old" / "state.json").is_file())
+
+
+def no_checkpoint(out: Path) -> HifieditError:
+    return HifieditError(f"--resume given but {Path(out) / 'checkpoint'} holds no checkpoint "
+                         "(the run stopped before its first one: start it again without --resume).")
+
+
+def prepare_run_dir(out: Path, resume: bool) -> Path:
+    """Lock `out` for this process and check it before any work: refuse to clobber a run
+    without --resume, refuse --resume with nothing to resume, and make sure the folder is
+    writable. Returns the checkpoint path."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HifieditError(f"Cannot write to {out}: {e.strerror or e}.") from e
+    lock_run_dir(out)
+    # Temporary siblings left by a killed process (only the lock holder writes here).
+    for stale in out.glob(".*.tmp*"):
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     ckpt_dir = out / "checkpoint"
-    has_ckpt = (ckpt_dir / "state.json").is_file() or (out / "checkpoint.old").is_dir()
+    has_ckpt = has_checkpoint(out)
     if has_ckpt and not resume:
         raise HifieditError(f"{out} already holds a checkpoint: pass --resume to continue it, "
                             "or choose another --out.")
     if resume and not has_ckpt:
-        raise HifieditError(f"--resume given but {ckpt_dir} holds no checkpoint.")
+        raise no_checkpoint(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
         (out / ".write_test").write_text("ok")
         (out / ".write_test").unlink()
     except OSError as e:
@@ -123,6 +198,8 @@ def config_for_run(cls, config_file: Path | None, out: Path, resume: bool, overr
     from hifiedit.config import config_from_dict, load_config
 
     if resume and config_file is None:
+        if not has_checkpoint(out):
+            raise no_checkpoint(out)
         _, state = load_checkpoint(Path(out) / "checkpoint")
         values = {**state["config"], **{k: v for k, v in overrides.items() if v is not None}}
         return config_from_dict(cls, values)

@@ -80,15 +80,10 @@ class TrajectoryCache:
         return self.folder / key[:2] / f"{key}.safetensors"
 
     def get(self, images: torch.Tensor, n_steps: int, progress: bool = False):
-        from safetensors.torch import load_file
-
         kept = kept_points(n_steps, self.max_points)
         keys = [self.key(img, n_steps) for img in images]
-        states: list[torch.Tensor | None] = []
-        for key in keys:
-            path = self._path(key)
-            states.append(load_file(str(path), device=str(images.device))["states"]
-                          if path.is_file() else None)
+        shape = (len(kept), *images.shape[1:])
+        states = [self._read(self._path(key), shape, str(images.device)) for key in keys]
         todo = [i for i, s in enumerate(states) if s is None]
         self.hits += len(images) - len(todo)
         self.misses += len(todo)
@@ -99,6 +94,21 @@ class TrajectoryCache:
                 self._write(keys[i], s)
         return torch.stack(states), kept, self.grid(n_steps)
 
+    @staticmethod
+    def _read(path: Path, shape: tuple, device: str) -> torch.Tensor | None:
+        """A cached entry, or None when it is absent or unusable (a truncated file from a
+        killed run, a full disk): a bad entry costs recomputation, never the training run."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        if not path.is_file():
+            return None
+        try:
+            states = load_file(str(path), device=device)["states"]
+        except (SafetensorError, OSError, KeyError):
+            return None
+        return states if tuple(states.shape) == shape and torch.isfinite(states).all() else None
+
     def _invert(self, images: torch.Tensor, n_steps: int, kept: list[int]) -> torch.Tensor:
         bb = self.backbone
         with torch.no_grad():
@@ -108,6 +118,7 @@ class TrajectoryCache:
 
     def _write(self, key: str, states: torch.Tensor) -> None:
         """Atomic (temporary sibling + rename); a read-only cache only costs recomputation."""
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
         path = self._path(key)
@@ -116,7 +127,7 @@ class TrajectoryCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             save_file({"states": states.contiguous()}, str(tmp))
             os.replace(tmp, path)
-        except OSError:
+        except (OSError, SafetensorError):  # a full disk: safetensors raises its own error
             tmp.unlink(missing_ok=True)
 
 
