@@ -89,10 +89,12 @@ class ReconConfig:
 
 def reconstruct(backbone, x0: torch.Tensor, method: str, steps: int, t0: int,
                 s_for: int | None = None, generator: torch.Generator | None = None,
-                rectifier=None, inversion=None, condition: torch.Tensor | None = None):
+                rectifier=None, inversion=None, condition: torch.Tensor | None = None,
+                memo: dict | None = None):
     """One reconstruction of a batch in [-1, 1] by `method` (see module docstring); returns
     (images, U-Net passes per image). ``condition`` is the x0 the rectifier sees (default:
-    ``x0`` itself; the conditioning check passes another)."""
+    ``x0`` itself; the conditioning check passes another). ``memo``, a dict kept by the caller
+    for this batch, holds its inversions so that every inverted method reuses them."""
     from hifiedit.diffusion.ddim import Inversion, generate, invert, stochastic_forward
     from hifiedit.diffusion.schedule import ddim_timesteps
 
@@ -101,9 +103,14 @@ def reconstruct(backbone, x0: torch.Tensor, method: str, steps: int, t0: int,
     passes = torch.zeros(len(x0), dtype=torch.long)
     with torch.no_grad():
         if method in INVERTED:  # inversion always uses the frozen base θ
-            traj = invert(backbone.eps, x0, ddim_timesteps(t0, s_for or steps), ac,
-                          inversion=inversion or Inversion())
-            x_t0, passes = traj.final, traj.passes.clone()
+            inversion = inversion or Inversion()
+            key = (inversion, s_for or steps)
+            memo = {} if memo is None else memo
+            if key not in memo:
+                traj = invert(backbone.eps, x0, ddim_timesteps(t0, s_for or steps), ac,
+                              inversion=inversion)
+                memo[key] = (traj.final, traj.passes)
+            x_t0, passes = memo[key][0], memo[key][1].clone()
         elif method == "sdedit":
             x_t0 = stochastic_forward(x0, t0, ac, generator=generator)
         else:
@@ -235,6 +242,7 @@ def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
                                       else load_rectifier(config.rectifier, backbone, inv))
 
     rows, firsts, per_image = [], {}, {}
+    memos = {}  # per batch: its inversions, shared by the inverted methods
     methods = sorted(config.methods, key=METHODS.index)  # plain rows first: the gains need them
     jobs = [(m, inv, s) for m in methods
             for inv in (config.inversion_specs() if m in INVERTED else [None])
@@ -253,7 +261,8 @@ def run_recon_eval(config: ReconConfig, json_path: Path | None = None,
         for i, batch in zip(range(0, len(todo), config.batch_size), todo.split(config.batch_size)):
             seen = None if cond is None else cond[i:i + len(batch)]
             rec, passes = reconstruct(backbone, batch, method, steps, config.t0, config.s_for, g,
-                                      rect if method in RECTIFIED else None, inv, seen)
+                                      rect if method in RECTIFIED else None, inv, seen,
+                                      memos.setdefault((i, len(batch)), {}))
             first = rec if first is None else first
             if old is not None:
                 continue
